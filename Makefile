@@ -1,0 +1,48 @@
+# Two commands on a fresh machine: `make run` and `make test`. Each installs what it needs
+# into .venv (never an unpinned torch: see pyproject.toml).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PORT ?= 8001
+MODEL_REPOSITORY ?= models
+
+.PHONY: run test lint typecheck protos check-protos export bench clean
+
+$(VENV)/.serve: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.dev: pyproject.toml $(VENV)/.serve
+	$(PY) -m pip install -q -e '.[dev,export]'
+	touch $@
+
+run: $(VENV)/.serve
+	$(PY) -m service serve --model-repository $(MODEL_REPOSITORY) --port $(PORT)
+
+test: $(VENV)/.dev
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+	$(PY) -m pytest -q
+
+lint: $(VENV)/.dev
+	$(PY) -m ruff check . && $(PY) -m ruff format --check .
+
+typecheck: $(VENV)/.dev
+	$(PY) -m mypy
+
+# Regenerate service/v2 from protos/. The test suite fails when the committed code is stale.
+protos: $(VENV)/.dev
+	$(PY) tools/protogen.py
+
+# Retrain the example digits model and rewrite models/digits (needs the export extra).
+export: $(VENV)/.dev
+	$(PY) -m export train --out $(MODEL_REPOSITORY)
+
+bench: $(VENV)/.dev
+	$(PY) -m bench.run
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Training and export of CNNs to ONNX model repository entries (needs the export extra)."""

@@ -1,0 +1,274 @@
+"""KServe v2 messages <-> numpy arrays.
+
+Decoding is zero-copy for raw contents (`np.frombuffer` over the request's bytes); typed
+contents are converted once. Every client mistake becomes `InvalidArgument` naming the
+tensor, what was expected and what came. Checking against a model's signature is not done
+here (see `signature.py`): this module only checks that a tensor is self-consistent.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from service.datatypes import DATATYPES, Datatype, from_numpy
+from service.errors import InvalidArgument
+from service.v2 import grpc_service_pb2 as pb
+
+ParamValue = bool | int | float | str
+
+
+@dataclass(frozen=True)
+class RequestedOutput:
+    name: str
+    parameters: Mapping[str, ParamValue] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TensorHeader:
+    """What a request declares about one input, before its contents are read."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+
+# Checks the declared inputs against a model's signature and returns the batch size;
+# run before any payload is decoded, so a wrong shape is reported as a wrong shape.
+HeaderCheck = Callable[[Sequence[TensorHeader]], int]
+
+
+@dataclass(frozen=True)
+class DecodedRequest:
+    """A ModelInfer request whose inputs passed the model's header check and were decoded."""
+
+    model_name: str
+    model_version: str
+    id: str
+    inputs: dict[str, npt.NDArray[np.generic]]
+    batch_size: int
+    outputs: tuple[RequestedOutput, ...]
+    parameters: Mapping[str, ParamValue]
+
+
+def parameter_value(param: pb.InferParameter) -> ParamValue:
+    kind = param.WhichOneof("parameter_choice")
+    if kind is None:
+        return ""
+    value: ParamValue = getattr(param, kind)
+    return value
+
+
+def parameters_to_dict(params: Mapping[str, pb.InferParameter]) -> dict[str, ParamValue]:
+    return {key: parameter_value(value) for key, value in params.items()}
+
+
+def set_parameter(target: pb.InferParameter, value: ParamValue) -> None:
+    # bool is a subclass of int: test it first.
+    if isinstance(value, bool):
+        target.bool_param = value
+    elif isinstance(value, int):
+        target.int64_param = value
+    elif isinstance(value, float):
+        target.double_param = value
+    else:
+        target.string_param = value
+
+
+def _element_count(name: str, shape: Sequence[int]) -> int:
+    count = 1
+    for dim in shape:
+        if dim < 0:
+            raise InvalidArgument(
+                f"input '{name}': shape {list(shape)} has a negative dimension; "
+                "a request must give concrete dimensions"
+            )
+        count *= dim
+    return count
+
+
+def _datatype(name: str, datatype: str) -> Datatype:
+    try:
+        return DATATYPES[datatype]
+    except KeyError:
+        known = ", ".join(DATATYPES)
+        raise InvalidArgument(
+            f"input '{name}': unknown datatype '{datatype}' (expected one of {known})"
+        ) from None
+
+
+def deserialize_bytes_tensor(name: str, raw: bytes, count: int) -> npt.NDArray[np.object_]:
+    """v2 BYTES raw encoding: each element is a 4-byte little-endian length, then its bytes."""
+    items: list[bytes] = []
+    offset = 0
+    view = memoryview(raw)
+    while offset < len(raw):
+        if offset + 4 > len(raw):
+            raise InvalidArgument(
+                f"input '{name}': BYTES contents end inside a length prefix at byte {offset}"
+            )
+        (length,) = struct.unpack_from("<I", raw, offset)
+        offset += 4
+        if offset + length > len(raw):
+            raise InvalidArgument(
+                f"input '{name}': BYTES element {len(items)} declares {length} bytes but only "
+                f"{len(raw) - offset} remain"
+            )
+        items.append(bytes(view[offset : offset + length]))
+        offset += length
+    if len(items) != count:
+        raise InvalidArgument(
+            f"input '{name}': shape needs {count} BYTES elements, contents hold {len(items)}"
+        )
+    array = np.empty(count, dtype=np.object_)
+    array[:] = items
+    return array
+
+
+def serialize_bytes_tensor(array: npt.NDArray[np.generic]) -> bytes:
+    parts: list[bytes] = []
+    for item in array.reshape(-1):
+        data = item if isinstance(item, bytes) else str(item).encode()
+        parts.append(struct.pack("<I", len(data)))
+        parts.append(data)
+    return b"".join(parts)
+
+
+def _decode_raw(
+    name: str, dt: Datatype, shape: Sequence[int], raw: bytes
+) -> npt.NDArray[np.generic]:
+    count = _element_count(name, shape)
+    if dt.name == "BYTES":
+        return deserialize_bytes_tensor(name, raw, count).reshape(shape)
+    expected = count * dt.numpy.itemsize
+    if len(raw) != expected:
+        raise InvalidArgument(
+            f"input '{name}': raw contents hold {len(raw)} bytes, but shape {list(shape)} "
+            f"of {dt.name} needs {expected} bytes"
+        )
+    return np.frombuffer(raw, dtype=dt.numpy).reshape(shape)
+
+
+def _decode_typed(
+    name: str, dt: Datatype, shape: Sequence[int], contents: pb.InferTensorContents
+) -> npt.NDArray[np.generic]:
+    count = _element_count(name, shape)
+    if dt.contents_field is None:
+        raise InvalidArgument(
+            f"input '{name}': datatype {dt.name} has no typed contents field; send it in "
+            "raw_input_contents"
+        )
+    values = getattr(contents, dt.contents_field)
+    if len(values) != count:
+        raise InvalidArgument(
+            f"input '{name}': shape {list(shape)} needs {count} elements, "
+            f"{dt.contents_field} holds {len(values)}"
+        )
+    for other in DATATYPES.values():
+        field_name = other.contents_field
+        if field_name and field_name != dt.contents_field and len(getattr(contents, field_name)):
+            raise InvalidArgument(
+                f"input '{name}': datatype {dt.name} is carried in {dt.contents_field}, "
+                f"but {field_name} is set"
+            )
+    if dt.name == "BYTES":
+        array = np.empty(count, dtype=np.object_)
+        array[:] = list(values)
+        return array.reshape(shape)
+    try:
+        # Out-of-range values (e.g. 300 for UINT8) are a client error, not a silent wrap.
+        checked = np.asarray(values, dtype=np.int64 if dt.numpy.kind in "iu" else None)
+        if dt.numpy.kind in "iu":
+            info = np.iinfo(dt.numpy.type)  # type: ignore[type-var]
+            if checked.size and (checked.min() < info.min or checked.max() > info.max):
+                raise InvalidArgument(
+                    f"input '{name}': {dt.contents_field} holds values outside the {dt.name} "
+                    f"range [{info.min}, {info.max}]"
+                )
+        return checked.astype(dt.numpy).reshape(shape)
+    except OverflowError:
+        raise InvalidArgument(f"input '{name}': values overflow {dt.name}") from None
+
+
+def read_headers(request: pb.ModelInferRequest) -> list[TensorHeader]:
+    """The declared inputs, checked for self-consistency (no payload is touched)."""
+    if not request.inputs:
+        raise InvalidArgument("request has no inputs")
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise InvalidArgument(
+            f"raw_input_contents has {len(raw)} entries but the request declares "
+            f"{len(request.inputs)} inputs (one entry per input, in order)"
+        )
+    headers: list[TensorHeader] = []
+    seen: set[str] = set()
+    for tensor in request.inputs:
+        if tensor.name in seen:
+            raise InvalidArgument(f"input '{tensor.name}' is given twice")
+        seen.add(tensor.name)
+        _datatype(tensor.name, tensor.datatype)
+        _element_count(tensor.name, tensor.shape)
+        headers.append(TensorHeader(tensor.name, tensor.datatype, tuple(tensor.shape)))
+    return headers
+
+
+def decode_infer_request(
+    request: pb.ModelInferRequest, check_headers: HeaderCheck
+) -> DecodedRequest:
+    """Check the declared inputs with `check_headers`, then turn contents into numpy arrays."""
+    headers = read_headers(request)
+    batch_size = check_headers(headers)
+    raw = request.raw_input_contents
+    inputs: dict[str, npt.NDArray[np.generic]] = {}
+    for index, (header, tensor) in enumerate(zip(headers, request.inputs, strict=True)):
+        name, shape = header.name, header.shape
+        dt = DATATYPES[header.datatype]
+        has_typed = tensor.HasField("contents") and tensor.contents.ByteSize() > 0
+        if raw:
+            if has_typed:
+                raise InvalidArgument(
+                    f"input '{name}': typed contents and raw_input_contents are mixed in one "
+                    "request; use one or the other for every input"
+                )
+            inputs[name] = _decode_raw(name, dt, shape, raw[index])
+        elif has_typed:
+            inputs[name] = _decode_typed(name, dt, shape, tensor.contents)
+        else:
+            raise InvalidArgument(f"input '{name}': no contents (neither raw nor typed)")
+    outputs = tuple(
+        RequestedOutput(out.name, parameters_to_dict(out.parameters)) for out in request.outputs
+    )
+    return DecodedRequest(
+        model_name=request.model_name,
+        model_version=request.model_version,
+        id=request.id,
+        inputs=inputs,
+        batch_size=batch_size,
+        outputs=outputs,
+        parameters=parameters_to_dict(request.parameters),
+    )
+
+
+def encode_infer_response(
+    *,
+    model_name: str,
+    model_version: str,
+    request_id: str,
+    outputs: Sequence[tuple[str, npt.NDArray[np.generic]]],
+) -> pb.ModelInferResponse:
+    """Build the response with raw_output_contents: one `tobytes` per output."""
+    response = pb.ModelInferResponse(
+        model_name=model_name, model_version=model_version, id=request_id
+    )
+    for name, array in outputs:
+        dt = from_numpy(array.dtype) if array.dtype.kind not in "OSU" else DATATYPES["BYTES"]
+        response.outputs.add(name=name, datatype=dt.name, shape=array.shape)
+        if dt.name == "BYTES":
+            response.raw_output_contents.append(serialize_bytes_tensor(array))
+        else:
+            response.raw_output_contents.append(array.tobytes())
+    return response

@@ -1,0 +1,158 @@
+"""The KServe v2 servicer: decode, call the core, encode. Nothing else.
+
+`_boundary` is the one place where exceptions become gRPC statuses: a `CnnserveError`
+keeps its code and message; anything else is a bug on our side, logged with its
+traceback and answered INTERNAL.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from service import __version__
+from service.codec import decode_infer_request, encode_infer_response, set_parameter
+from service.errors import CnnserveError, InvalidArgument
+from service.repository import ModelRepository
+from service.v2 import grpc_service_pb2 as pb
+from service.v2 import grpc_service_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Context = grpc.aio.ServicerContext[Any, Any]
+Handler = Callable[["InferenceServicer", Req, Context], Awaitable[Resp]]
+
+SERVER_NAME = "cnnserve"
+EXTENSIONS: tuple[str, ...] = ()  # grows as Triton extensions land
+
+
+class UndecodableRequest:
+    """Stands in for a request whose bytes are not a valid protobuf message.
+
+    grpc's own deserializer failure would surface as UNKNOWN; handing this object to the
+    handler lets the boundary answer INVALID_ARGUMENT like every other client mistake.
+    """
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
+def _tolerant(parse: Callable[[bytes], object]) -> Callable[[bytes], object]:
+    def deserialize(data: bytes) -> object:
+        try:
+            return parse(data)
+        except DecodeError as exc:
+            return UndecodableRequest(str(exc))
+
+    return deserialize
+
+
+def _boundary(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
+    @functools.wraps(handler)
+    async def wrapped(self: InferenceServicer, request: Req, context: Context) -> Resp:
+        try:
+            if isinstance(request, UndecodableRequest):
+                raise InvalidArgument(f"request is not a valid protobuf message: {request.error}")
+            return await handler(self, request, context)
+        except CnnserveError as exc:
+            await context.abort(exc.code, exc.message)
+        except Exception as exc:  # a bug: never let it look like a client error
+            log.exception("internal error in %s", handler.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {exc}")
+        raise AssertionError("unreachable: context.abort raises")
+
+    return wrapped
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, repository: ModelRepository, *, is_ready: Callable[[], bool]) -> None:
+        self._repository = repository
+        self._is_ready = is_ready
+
+    @_boundary
+    async def ServerLive(
+        self, request: pb.ServerLiveRequest, context: Context
+    ) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    @_boundary
+    async def ServerReady(
+        self, request: pb.ServerReadyRequest, context: Context
+    ) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self._is_ready())
+
+    @_boundary
+    async def ModelReady(
+        self, request: pb.ModelReadyRequest, context: Context
+    ) -> pb.ModelReadyResponse:
+        self._repository.entry(request.name)  # unknown model: NOT_FOUND, not "false"
+        return pb.ModelReadyResponse(ready=self._repository.is_ready(request.name, request.version))
+
+    @_boundary
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: Context
+    ) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(
+            name=SERVER_NAME, version=__version__, extensions=list(EXTENSIONS)
+        )
+
+    @_boundary
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: Context
+    ) -> pb.ModelMetadataResponse:
+        model = self._repository.get(request.name, request.version)
+        config = model.config
+        response = pb.ModelMetadataResponse(
+            name=config.name, versions=[str(model.version)], platform=config.platform
+        )
+        for spec in config.inputs:
+            response.inputs.add(
+                name=spec.name, datatype=spec.datatype, shape=config.full_shape(spec)
+            )
+        for spec in config.outputs:
+            response.outputs.add(
+                name=spec.name, datatype=spec.datatype, shape=config.full_shape(spec)
+            )
+        # The provider read back from the session, so a CPU fallback is visible to clients.
+        set_parameter(response.parameters["execution_provider"], model.runner.provider)
+        set_parameter(response.parameters["device"], model.runner.device_label)
+        set_parameter(response.parameters["max_batch_size"], config.max_batch_size)
+        return response
+
+    @_boundary
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, context: Context
+    ) -> pb.ModelInferResponse:
+        model = self._repository.get(request.model_name, request.model_version)
+        decoded = decode_infer_request(request, model.check_headers)
+        outputs = await model.infer(decoded, deadline=None)
+        return encode_infer_response(
+            model_name=model.name,
+            model_version=str(model.version),
+            request_id=decoded.id,
+            outputs=outputs,
+        )
+
+
+def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
+    """Register every method of the v2 service with tolerant request deserializers."""
+    service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    handlers = {}
+    for method in service.methods:
+        request_type = getattr(pb, method.input_type.name)
+        response_type = getattr(pb, method.output_type.name)
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, method.name),
+            request_deserializer=_tolerant(request_type.FromString),
+            response_serializer=response_type.SerializeToString,
+        )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
+    )

@@ -1,0 +1,168 @@
+"""The model repository: discover models, pick versions, load them, look them up.
+
+Layout: `<root>/<model>/<version>/model.onnx` with optional `<root>/<model>/config.yaml`
+and `<root>/<model>/labels.txt`. Versions are positive integers; the highest is served.
+A model that fails to load is kept in the index as UNAVAILABLE with its reason, and every
+other model serves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+from service.config import ModelConfig, load_model_overrides
+from service.errors import CnnserveError, NotFound, Unavailable
+from service.model import ServedModel
+from service.runtime import OnnxRunner, default_intra_op_threads
+from service.scheduler import DirectScheduler, Scheduler
+from service.signature import infer_config
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.onnx"
+CONFIG_FILE = "config.yaml"
+LABELS_FILE = "labels.txt"
+# Model names become folder names: refuse anything that could leave the repository root.
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+SchedulerFactory = Callable[[ModelConfig, OnnxRunner], Scheduler]
+
+
+def direct_scheduler(config: ModelConfig, runner: OnnxRunner) -> Scheduler:
+    return DirectScheduler(runner, instances=config.instances, name=config.name)
+
+
+class ModelState(StrEnum):
+    READY = "READY"
+    UNAVAILABLE = "UNAVAILABLE"
+
+
+@dataclass
+class ModelEntry:
+    name: str
+    state: ModelState
+    reason: str = ""
+    versions: list[int] = field(default_factory=list)
+    served: ServedModel | None = None
+
+
+def valid_model_name(name: str) -> bool:
+    return bool(_MODEL_NAME.match(name)) and ".." not in name
+
+
+def discover_versions(model_dir: Path) -> list[int]:
+    versions = []
+    for child in model_dir.iterdir():
+        numbered = child.is_dir() and child.name.isdigit() and int(child.name) > 0
+        if numbered and (child / MODEL_FILE).is_file():
+            versions.append(int(child.name))
+    return sorted(versions)
+
+
+def read_labels(model_dir: Path) -> tuple[str, ...]:
+    path = model_dir / LABELS_FILE
+    if not path.is_file():
+        return ()
+    return tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
+
+
+def load_model(model_dir: Path, version: int, make_scheduler: SchedulerFactory) -> ServedModel:
+    """Blocking: build the session and config. Call from a thread."""
+    name = model_dir.name
+    overrides = load_model_overrides(name, model_dir / CONFIG_FILE)
+    instances = overrides.instances or 1
+    runner = OnnxRunner(
+        model_dir / str(version) / MODEL_FILE,
+        device=overrides.device or "auto",
+        intra_op_threads=default_intra_op_threads(instances),
+        provider_options=overrides.provider_options,
+    )
+    config = overrides.apply(infer_config(name, runner.inputs(), runner.outputs()))
+    log.info(
+        "model %s version %d: provider %s (available %s), max_batch_size %d, inputs %s",
+        name,
+        version,
+        runner.provider,
+        runner.providers,
+        config.max_batch_size,
+        [(s.name, s.datatype, config.full_shape(s)) for s in config.inputs],
+    )
+    return ServedModel(
+        config=config,
+        version=version,
+        runner=runner,
+        scheduler=make_scheduler(config, runner),
+        labels=read_labels(model_dir),
+    )
+
+
+class ModelRepository:
+    def __init__(self, root: Path, make_scheduler: SchedulerFactory = direct_scheduler) -> None:
+        self.root = root.resolve()
+        self._make_scheduler = make_scheduler
+        self._entries: dict[str, ModelEntry] = {}
+
+    async def load_all(self) -> None:
+        if not self.root.is_dir():
+            raise NotFound(f"model repository {self.root} is not a directory")
+        for model_dir in sorted(self.root.iterdir()):
+            if model_dir.is_dir() and not model_dir.name.startswith("."):
+                self._entries[model_dir.name] = await self._load_entry(model_dir)
+
+    async def _load_entry(self, model_dir: Path) -> ModelEntry:
+        name = model_dir.name
+        if not valid_model_name(name):
+            return ModelEntry(name, ModelState.UNAVAILABLE, f"invalid model name '{name}'")
+        versions = discover_versions(model_dir)
+        if not versions:
+            reason = f"no version folder with {MODEL_FILE} under {model_dir}"
+            log.error("model %s not loaded: %s", name, reason)
+            return ModelEntry(name, ModelState.UNAVAILABLE, reason, versions)
+        version = versions[-1]
+        try:
+            served = await asyncio.to_thread(load_model, model_dir, version, self._make_scheduler)
+            await served.scheduler.start()
+        except CnnserveError as exc:
+            log.error("model %s version %d not loaded: %s", name, version, exc.message)
+            return ModelEntry(name, ModelState.UNAVAILABLE, exc.message, versions)
+        return ModelEntry(name, ModelState.READY, "", versions, served)
+
+    def entries(self) -> list[ModelEntry]:
+        return list(self._entries.values())
+
+    def entry(self, name: str) -> ModelEntry:
+        found = self._entries.get(name)
+        if found is None:
+            raise NotFound(f"unknown model '{name}'; the repository serves {sorted(self._entries)}")
+        return found
+
+    def get(self, name: str, version: str = "") -> ServedModel:
+        """The served model for a request, or NotFound / Unavailable saying why not."""
+        entry = self.entry(name)
+        if entry.served is None:
+            raise Unavailable(f"model '{name}' is not ready: {entry.reason}")
+        served = entry.served
+        if version and version != str(served.version):
+            raise NotFound(
+                f"model '{name}' version '{version}' is not served (served version: "
+                f"{served.version})"
+            )
+        return served
+
+    def is_ready(self, name: str, version: str = "") -> bool:
+        try:
+            self.get(name, version)
+        except CnnserveError:
+            return False
+        return True
+
+    async def aclose(self) -> None:
+        for entry in self._entries.values():
+            if entry.served is not None:
+                await entry.served.aclose()

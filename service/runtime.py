@@ -1,0 +1,131 @@
+"""onnxruntime sessions: execution providers, session options, running a batch.
+
+onnxruntime falls back to the CPU silently when the CUDA provider cannot start, so the
+provider we report is always read back from the session (`get_providers()`), never the one
+we asked for. `run` is synchronous and is only ever called from an executor thread
+(onnxruntime releases the GIL while it computes).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+
+from service.errors import InternalError, ModelLoadError
+from service.signature import OnnxTensor
+
+log = logging.getLogger(__name__)
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+@dataclass(frozen=True)
+class DeviceRequest:
+    kind: str  # "auto" | "cpu" | "cuda"
+    index: int = 0
+
+    @staticmethod
+    def parse(device: str) -> DeviceRequest:
+        if device in ("auto", "cpu", "cuda"):
+            return DeviceRequest(device)
+        kind, _, index = device.partition(":")
+        if kind != "cuda" or not index.isdigit():
+            raise ModelLoadError(f"device '{device}' must be auto, cpu, cuda or cuda:N")
+        return DeviceRequest("cuda", int(index))
+
+
+def cuda_available() -> bool:
+    return CUDA in ort.get_available_providers()
+
+
+def provider_list(
+    device: DeviceRequest, cuda_options: Mapping[str, str]
+) -> list[str | tuple[str, dict[str, Any]]]:
+    """The providers to ask onnxruntime for, most preferred first."""
+    wants_cuda = device.kind == "cuda" or (device.kind == "auto" and cuda_available())
+    if not wants_cuda:
+        return [CPU]
+    if device.kind == "cuda" and not cuda_available():
+        raise ModelLoadError(
+            "device 'cuda' requested, but this onnxruntime has no CUDA execution provider "
+            f"(available: {ort.get_available_providers()}); install onnxruntime-gpu"
+        )
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None:
+        preload()  # loads the CUDA/cuDNN libraries shipped as pip packages
+    options: dict[str, Any] = {"device_id": str(device.index), **cuda_options}
+    return [(CUDA, options), CPU]
+
+
+def default_intra_op_threads(instances: int) -> int:
+    """Divide the cores among instances so concurrent runs do not oversubscribe the CPU."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cores or 1) // max(1, instances))
+
+
+class OnnxRunner:
+    """One onnxruntime InferenceSession for one model version."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        device: str = "auto",
+        intra_op_threads: int | None = None,
+        provider_options: Mapping[str, str] | None = None,
+    ) -> None:
+        self.path = path
+        request = DeviceRequest.parse(device)
+        providers = provider_list(request, provider_options or {})
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads or default_intra_op_threads(1)
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as exc:  # onnxruntime raises many types for unreadable files
+            raise ModelLoadError(f"onnxruntime cannot load {path.name}: {exc}") from exc
+        self.providers: list[str] = list(self.session.get_providers())
+        if request.kind == "cuda" and self.providers[0] != CUDA:
+            raise ModelLoadError(
+                f"device '{device}' requested, but onnxruntime fell back to {self.providers[0]}"
+            )
+        self.intra_op_threads = options.intra_op_num_threads
+
+    @property
+    def provider(self) -> str:
+        """The execution provider actually running the graph (read back from the session)."""
+        return self.providers[0]
+
+    @property
+    def device_label(self) -> str:
+        return "cuda" if self.provider == CUDA else "cpu"
+
+    def session_provider_options(self) -> dict[str, dict[str, str]]:
+        options: dict[str, dict[str, str]] = self.session.get_provider_options()
+        return options
+
+    def inputs(self) -> list[OnnxTensor]:
+        return [OnnxTensor(a.name, a.type, tuple(a.shape)) for a in self.session.get_inputs()]
+
+    def outputs(self) -> list[OnnxTensor]:
+        return [OnnxTensor(a.name, a.type, tuple(a.shape)) for a in self.session.get_outputs()]
+
+    def run(
+        self, feeds: Mapping[str, npt.NDArray[np.generic]], output_names: Sequence[str]
+    ) -> list[npt.NDArray[np.generic]]:
+        try:
+            results: list[npt.NDArray[np.generic]] = self.session.run(list(output_names), feeds)
+        except Exception as exc:
+            raise InternalError(f"onnxruntime failed on {self.path.name}: {exc}") from exc
+        return results

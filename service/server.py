@@ -1,0 +1,90 @@
+"""Wiring: repository, gRPC server (v2 + health + reflection), shutdown order.
+
+Start: load models, then bind and start the gRPC server, then mark health SERVING.
+Stop (reverse dependency order): health NOT_SERVING, stop accepting RPCs and let
+in-flight ones finish within the grace period, drain schedulers, release runtimes.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+from google.protobuf import descriptor_pool
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from service.config import ServerSettings
+from service.grpc_api import InferenceServicer, add_to_server
+from service.repository import ModelRepository, SchedulerFactory, direct_scheduler
+from service.v2 import POOL
+from service.v2 import grpc_service_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def _reflection_pool() -> descriptor_pool.DescriptorPool:
+    """Our protocol lives in a private pool (see service.v2); reflection describes health
+    from the same pool, so add its file there (adding an identical file again is a no-op)."""
+    POOL.AddSerializedFile(health_pb2.DESCRIPTOR.serialized_pb)  # type: ignore[no-untyped-call]
+    return POOL
+
+
+class CnnserveServer:
+    def __init__(
+        self, settings: ServerSettings, make_scheduler: SchedulerFactory = direct_scheduler
+    ) -> None:
+        self.settings = settings
+        self.repository = ModelRepository(settings.model_repository, make_scheduler)
+        self.health = HealthServicer()
+        self._server: grpc.aio.Server | None = None
+        self._ready = False
+        self.port: int = 0
+
+    @property
+    def address(self) -> str:
+        return f"{self.settings.host}:{self.port}"
+
+    def is_ready(self) -> bool:
+        return self._ready
+
+    async def start(self) -> None:
+        await self.repository.load_all()
+        server = grpc.aio.server()
+        add_to_server(InferenceServicer(self.repository, is_ready=self.is_ready), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (
+                pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            server,
+            pool=_reflection_pool(),
+        )
+        self.port = server.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
+        if self.port == 0:
+            raise OSError(f"cannot bind {self.settings.host}:{self.settings.port}")
+        await server.start()
+        self._server = server
+        await self._publish_health()
+        self._ready = True
+        log.info("cnnserve listening on %s", self.address)
+
+    async def _publish_health(self) -> None:
+        await self.health.set("", SERVING)
+        for entry in self.repository.entries():
+            status = SERVING if entry.served is not None else NOT_SERVING
+            await self.health.set(entry.name, status)
+
+    async def aclose(self) -> None:
+        self._ready = False
+        await self.health.enter_graceful_shutdown()  # every service reports NOT_SERVING
+        if self._server is not None:
+            await self._server.stop(self.settings.grace_period_s)
+            self._server = None
+        await self.repository.aclose()

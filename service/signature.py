@@ -1,0 +1,128 @@
+"""A model's signature: inferred from the ONNX file, and checked on every request.
+
+Inference copes with what third-party exporters write: symbolic dims ("batch_size", "?",
+"unk__123"), -1 or missing dims, a batch fixed at 1, several inputs and outputs, and
+tensor names with '/', ':' or '.' in them (names are used verbatim, never parsed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from service.codec import RequestedOutput, TensorHeader
+from service.config import DEFAULT_MAX_BATCH_SIZE, ModelConfig, TensorSpec
+from service.datatypes import from_ort
+from service.errors import InvalidArgument, ModelLoadError
+
+
+@dataclass(frozen=True)
+class OnnxTensor:
+    """What onnxruntime says about one graph input or output (a NodeArg, decoupled)."""
+
+    name: str
+    ort_type: str
+    shape: tuple[int | str | None, ...]
+
+
+def _is_variable(dim: int | str | None) -> bool:
+    return not isinstance(dim, int) or dim < 0
+
+
+def _concrete(dim: int | str | None) -> int:
+    return -1 if _is_variable(dim) else int(dim)  # type: ignore[arg-type]
+
+
+def _batchable(tensors: Sequence[OnnxTensor]) -> bool:
+    # Batch along axis 0 only if every input and output has a variable first dimension;
+    # a batch fixed at 1 (or any fixed size) means the file was exported unbatched.
+    return all(len(t.shape) >= 1 and _is_variable(t.shape[0]) for t in tensors)
+
+
+def _spec(model: str, tensor: OnnxTensor, batched: bool) -> TensorSpec:
+    datatype = from_ort(tensor.ort_type)
+    if datatype is None:
+        raise ModelLoadError(
+            f"model '{model}': tensor '{tensor.name}' has type {tensor.ort_type}, which the v2 "
+            "protocol cannot carry"
+        )
+    dims = tuple(_concrete(d) for d in tensor.shape)
+    return TensorSpec(name=tensor.name, datatype=datatype.name, dims=dims[1:] if batched else dims)
+
+
+def infer_config(
+    model: str, inputs: Sequence[OnnxTensor], outputs: Sequence[OnnxTensor]
+) -> ModelConfig:
+    """The config a model gets when its config.yaml is absent (Triton's auto-complete)."""
+    if not inputs or not outputs:
+        raise ModelLoadError(f"model '{model}': the ONNX graph has no inputs or no outputs")
+    batched = _batchable([*inputs, *outputs])
+    return ModelConfig(
+        name=model,
+        inputs=tuple(_spec(model, t, batched) for t in inputs),
+        outputs=tuple(_spec(model, t, batched) for t in outputs),
+        max_batch_size=DEFAULT_MAX_BATCH_SIZE if batched else 0,
+    )
+
+
+def check_inputs(config: ModelConfig, headers: Sequence[TensorHeader]) -> int:
+    """Check declared inputs against the signature; return the batch size (1 if unbatched)."""
+    by_name = {header.name: header for header in headers}
+    expected = {spec.name for spec in config.inputs}
+    missing = sorted(expected - set(by_name))
+    if missing:
+        raise InvalidArgument(
+            f"model '{config.name}': missing input(s) {missing}; expected {sorted(expected)}"
+        )
+    unexpected = sorted(set(by_name) - expected)
+    if unexpected:
+        raise InvalidArgument(
+            f"model '{config.name}': unexpected input(s) {unexpected}; expected {sorted(expected)}"
+        )
+    batch_sizes: dict[str, int] = {}
+    for spec in config.inputs:
+        header = by_name[spec.name]
+        if header.datatype != spec.datatype:
+            raise InvalidArgument(
+                f"input '{spec.name}': expected datatype {spec.datatype}, got {header.datatype}"
+            )
+        want = config.full_shape(spec)
+        got = header.shape
+        if len(got) != len(want):
+            raise InvalidArgument(
+                f"input '{spec.name}': expected rank {len(want)} shape {list(want)}, got "
+                f"rank {len(got)} shape {list(got)}"
+            )
+        if 0 in got:
+            what = "batch of 0" if config.batched and got[0] == 0 else "a dimension of 0"
+            raise InvalidArgument(
+                f"input '{spec.name}': shape {list(got)} has {what}; nothing to infer"
+            )
+        for axis, (w, g) in enumerate(zip(want, got, strict=True)):
+            if w != -1 and w != g:
+                raise InvalidArgument(
+                    f"input '{spec.name}': expected shape {list(want)}, got {list(got)} "
+                    f"(dimension {axis} must be {w})"
+                )
+        if config.batched:
+            batch_sizes[spec.name] = got[0]
+    if len(set(batch_sizes.values())) > 1:
+        raise InvalidArgument(
+            f"model '{config.name}': inputs disagree on the batch size: {batch_sizes}"
+        )
+    return next(iter(batch_sizes.values()), 1)
+
+
+def select_outputs(config: ModelConfig, requested: Sequence[RequestedOutput]) -> tuple[str, ...]:
+    """Names of the outputs to return: the requested ones, or every output."""
+    if not requested:
+        return tuple(spec.name for spec in config.outputs)
+    names = []
+    for out in requested:
+        if config.output(out.name) is None:
+            raise InvalidArgument(
+                f"model '{config.name}': unknown output '{out.name}'; outputs are "
+                f"{[spec.name for spec in config.outputs]}"
+            )
+        names.append(out.name)
+    return tuple(names)

@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from service.v2 import grpc_service_pb2_grpc as pb_grpc
+from tests import onnx_models
+from tests.serving import ServerThread, running_server
+
+
+@pytest.fixture(scope="module")
+def example_server() -> Iterator[ServerThread]:
+    with running_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def awkward_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Config-less third-party-style files, plus one corrupt model."""
+    root = tmp_path_factory.mktemp("awkward")
+    onnx_models.save(onnx_models.two_in_two_out("N"), root / "two_io" / "1" / "model.onnx")
+    onnx_models.save(onnx_models.doubler([1, 3]), root / "fixed_batch" / "1" / "model.onnx")
+    onnx_models.save(
+        onnx_models.doubler([None, "?", 5]), root / "unknown_dims" / "1" / "model.onnx"
+    )
+    onnx_models.save(onnx_models.doubler([-1, 3]), root / "minus_one" / "1" / "model.onnx")
+    # Two versions: the highest is served.
+    onnx_models.save(onnx_models.doubler(["b", 2]), root / "versioned" / "1" / "model.onnx")
+    onnx_models.save(onnx_models.two_in_two_out("b"), root / "versioned" / "3" / "model.onnx")
+    broken = root / "broken" / "1" / "model.onnx"
+    broken.parent.mkdir(parents=True)
+    broken.write_bytes(b"this is not an onnx file")
+    (root / "empty_model").mkdir()
+    return root
+
+
+@pytest.fixture(scope="module")
+def awkward_server(awkward_repository: Path) -> Iterator[ServerThread]:
+    with running_server(awkward_repository) as server:
+        yield server
+
+
+@pytest.fixture()
+def stub(example_server: ServerThread) -> Iterator[pb_grpc.GRPCInferenceServiceStub]:
+    with grpc.insecure_channel(example_server.address) as channel:
+        yield pb_grpc.GRPCInferenceServiceStub(channel)

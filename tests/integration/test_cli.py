@@ -1,0 +1,101 @@
+"""The `cnnserve` command line as a user runs it: serve (flags and env), infer, SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from PIL import Image
+
+from export.data import digits_split
+from tests.serving import EXAMPLE_MODELS, REPO_ROOT
+
+
+@pytest.fixture(scope="module")
+def served_process() -> Iterator[tuple[subprocess.Popen[str], str]]:
+    env = {**os.environ, "CNNSERVE_PORT": "0", "CNNSERVE_MODEL_REPOSITORY": str(EXAMPLE_MODELS)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service", "serve"],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert process.stdout is not None
+    address = ""
+    for line in process.stdout:  # blocks until the server prints; no sleeps
+        if line.startswith("cnnserve listening on "):
+            address = line.split()[-1]
+            break
+    assert address, "server exited before listening"
+    yield process, address
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
+def test_infer_command_prints_top_k(
+    served_process: tuple[subprocess.Popen[str], str], tmp_path: Path
+) -> None:
+    _, address = served_process
+    split = digits_split()
+    session = ort.InferenceSession(str(EXAMPLE_MODELS / "digits" / "1" / "model.onnx"))
+    predicted = session.run(None, {"image": split.test_x[:20]})[0].argmax(axis=1)
+    chosen = [i for i in range(20) if predicted[i] == split.test_y[i]][:4]
+    paths = []
+    for index in chosen:
+        path = tmp_path / f"digit{index}.png"
+        pixels = np.round(split.test_x[index, 0] * 255).astype(np.uint8)
+        Image.fromarray(pixels, mode="L").save(path)
+        paths.append(path)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "service",
+            "infer",
+            "--url",
+            address,
+            "--model",
+            "digits",
+            "--top-k",
+            "2",
+            *map(str, paths),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    assert len(out) == len(chosen)
+    for line, index in zip(out, chosen, strict=True):
+        top = line.split(": ", 1)[1].split(", ")
+        assert len(top) == 2
+        assert top[0].split()[0] == str(split.test_y[index]), line
+
+
+def test_sigterm_stops_cleanly(served_process: tuple[subprocess.Popen[str], str]) -> None:
+    process, _ = served_process
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 0
+
+
+def test_export_without_torch_says_which_extra() -> None:
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "from service.__main__ import main\n"
+        "sys.exit(main(['export', 'train']))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert "pip install 'cnnserve[export]'" in result.stderr

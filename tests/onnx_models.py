@@ -1,0 +1,74 @@
+"""Small ONNX files with the awkward signatures that third-party exporters write.
+
+Built with onnx.helper (no torch), so the tests make them themselves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import onnx
+from onnx import TensorProto, helper
+
+Dim = int | str | None  # int: fixed (or -1), str: symbolic name, None: unknown
+
+
+def _value_info(name: str, elem: int, dims: Sequence[Dim]) -> onnx.ValueInfoProto:
+    info = helper.make_tensor_value_info(name, elem, None)
+    shape = info.type.tensor_type.shape
+    for dim in dims:
+        entry = shape.dim.add()
+        if isinstance(dim, int):
+            entry.dim_value = dim
+        elif isinstance(dim, str):
+            entry.dim_param = dim
+    return info
+
+
+def save(model: onnx.ModelProto, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def _model(graph: onnx.GraphProto) -> onnx.ModelProto:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def two_in_two_out(batch: Dim = "N") -> onnx.ModelProto:
+    """Inputs 'input/0:x.y' and 'scale.1' (FP32 [batch, 4]); outputs 'sum:0' and 'out/prod'.
+
+    sum = a + b, prod = a * b: results a test can compute exactly with numpy.
+    """
+    a, b = "input/0:x.y", "scale.1"
+    graph = helper.make_graph(
+        [
+            helper.make_node("Add", [a, b], ["sum:0"]),
+            helper.make_node("Mul", [a, b], ["out/prod"]),
+        ],
+        "awkward",
+        [
+            _value_info(a, TensorProto.FLOAT, [batch, 4]),
+            _value_info(b, TensorProto.FLOAT, [batch, 4]),
+        ],
+        [
+            _value_info("sum:0", TensorProto.FLOAT, [batch, 4]),
+            _value_info("out/prod", TensorProto.FLOAT, [batch, 4]),
+        ],
+    )
+    return _model(graph)
+
+
+def doubler(dims: Sequence[Dim], elem: int = TensorProto.FLOAT) -> onnx.ModelProto:
+    """y = x + x, with the given input/output shape."""
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "x"], ["y"])],
+        "doubler",
+        [_value_info("x", elem, dims)],
+        [_value_info("y", elem, dims)],
+    )
+    return _model(graph)

@@ -1,0 +1,69 @@
+"""Test harness: a real CnnserveServer on an ephemeral loopback port, in its own thread.
+
+The server runs on its own event loop so that synchronous clients (tritonclient.grpc,
+plain grpc stubs) can drive it from the test thread. Start-up and shutdown are awaited
+through futures, never sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from collections.abc import Coroutine, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from service.config import ServerSettings
+from service.repository import SchedulerFactory, direct_scheduler
+from service.server import CnnserveServer
+
+T = TypeVar("T")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE_MODELS = REPO_ROOT / "models"
+
+
+class ServerThread:
+    def __init__(self, server: CnnserveServer) -> None:
+        self.server = server
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    @property
+    def address(self) -> str:
+        return self.server.address
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 120) -> T:
+        """Run a coroutine on the server's loop and wait for its result."""
+        future: concurrent.futures.Future[T] = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        return future.result(timeout)
+
+    def start(self) -> None:
+        self._thread.start()
+        self.call(self.server.start())
+
+    def stop(self) -> None:
+        try:
+            self.call(self.server.aclose())
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(timeout=30)
+            self.loop.close()
+
+
+@contextmanager
+def running_server(
+    repository: Path = EXAMPLE_MODELS,
+    make_scheduler: SchedulerFactory = direct_scheduler,
+    grace_period_s: float = 5.0,
+) -> Iterator[ServerThread]:
+    settings = ServerSettings(
+        model_repository=repository, host="127.0.0.1", port=0, grace_period_s=grace_period_s
+    )
+    handle = ServerThread(CnnserveServer(settings, make_scheduler))
+    handle.start()
+    try:
+        yield handle
+    finally:
+        handle.stop()
