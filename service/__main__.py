@@ -38,6 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="gRPC port, 0 = any free port (env CNNSERVE_PORT; default 8001)",
     )
     serve.add_argument(
+        "--batching",
+        choices=("on", "off"),
+        default=_env("BATCHING", "on"),
+        help="dynamic batching (env CNNSERVE_BATCHING); off runs each request alone",
+    )
+    serve.add_argument(
         "--grace-period",
         type=float,
         default=float(_env("GRACE_PERIOD", "30")),
@@ -113,6 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             host=args.host,
             port=args.port,
             grace_period_s=args.grace_period,
+            batching=args.batching == "on",
         )
         asyncio.run(_serve(settings))
         return 0

@@ -288,6 +288,7 @@ class ServerSettings:
     host: str = "127.0.0.1"
     port: int = 8001
     grace_period_s: float = 30.0
+    batching: bool = True  # False: every request runs alone, as sent (for comparison)
 
     @staticmethod
     def env_default(name: str, default: str) -> str:

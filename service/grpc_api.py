@@ -7,6 +7,7 @@ traceback and answered INTERNAL.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable
@@ -16,9 +17,15 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from service import __version__
-from service.codec import decode_infer_request, encode_infer_response, set_parameter
+from service.codec import (
+    ParamValue,
+    decode_infer_request,
+    encode_infer_response,
+    set_parameter,
+)
 from service.errors import CnnserveError, InvalidArgument
 from service.repository import ModelRepository
+from service.triton_config import model_config_message
 from service.v2 import grpc_service_pb2 as pb
 from service.v2 import grpc_service_pb2_grpc as pb_grpc
 
@@ -30,7 +37,34 @@ Context = grpc.aio.ServicerContext[Any, Any]
 Handler = Callable[["InferenceServicer", Req, Context], Awaitable[Resp]]
 
 SERVER_NAME = "cnnserve"
-EXTENSIONS: tuple[str, ...] = ()  # grows as Triton extensions land
+# Triton's schedule-policy extension: a per-request timeout in microseconds.
+TIMEOUT_PARAMETER = "timeout"
+EXTENSIONS: tuple[str, ...] = ("model_configuration", "schedule_policy")
+
+
+def request_deadline(
+    grpc_remaining_s: float | None, timeout_param: ParamValue | None, default_timeout_us: int
+) -> float | None:
+    """The earliest of the gRPC deadline, the `timeout` parameter and the model's default,
+    on the event loop's monotonic clock; None when none applies."""
+    budgets: list[float] = []
+    if grpc_remaining_s is not None:
+        budgets.append(grpc_remaining_s)
+    if timeout_param is not None:
+        if isinstance(timeout_param, bool) or not isinstance(timeout_param, int):
+            raise InvalidArgument(
+                f"parameter '{TIMEOUT_PARAMETER}' must be an int64 number of microseconds, "
+                f"got {timeout_param!r}"
+            )
+        if timeout_param < 0:
+            raise InvalidArgument(f"parameter '{TIMEOUT_PARAMETER}' must be >= 0")
+        if timeout_param > 0:
+            budgets.append(timeout_param / 1e6)
+    elif default_timeout_us > 0:
+        budgets.append(default_timeout_us / 1e6)
+    if not budgets:
+        return None
+    return asyncio.get_running_loop().time() + min(budgets)
 
 
 class UndecodableRequest:
@@ -127,12 +161,24 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return response
 
     @_boundary
+    async def ModelConfig(
+        self, request: pb.ModelConfigRequest, context: Context
+    ) -> pb.ModelConfigResponse:
+        model = self._repository.get(request.name, request.version)
+        return pb.ModelConfigResponse(config=model_config_message(model))
+
+    @_boundary
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: Context
     ) -> pb.ModelInferResponse:
         model = self._repository.get(request.model_name, request.model_version)
         decoded = decode_infer_request(request, model.check_headers)
-        outputs = await model.infer(decoded, deadline=None)
+        deadline = request_deadline(
+            context.time_remaining(),
+            decoded.parameters.get(TIMEOUT_PARAMETER),
+            model.config.dynamic_batching.default_timeout_us,
+        )
+        outputs = await model.infer(decoded, deadline=deadline)
         return encode_infer_response(
             model_name=model.name,
             model_version=str(model.version),

@@ -24,13 +24,18 @@ from service.signature import check_inputs, select_outputs
 class ServedModel:
     config: ModelConfig
     version: int
-    runner: OnnxRunner
+    runners: list[OnnxRunner]  # one per instance
     scheduler: Scheduler
     labels: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
         return self.config.name
+
+    @property
+    def runner(self) -> OnnxRunner:
+        """The first instance: all instances share device and provider."""
+        return self.runners[0]
 
     def check_headers(self, headers: Sequence[TensorHeader]) -> int:
         """The signature check, run by the codec before payloads are decoded."""

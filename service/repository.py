@@ -11,17 +11,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
+from service.batcher import BatchPolicy, DynamicBatcher
 from service.config import ModelConfig, load_model_overrides
 from service.errors import CnnserveError, NotFound, Unavailable
 from service.model import ServedModel
 from service.runtime import OnnxRunner, default_intra_op_threads
-from service.scheduler import DirectScheduler, Scheduler
+from service.scheduler import Scheduler
 from service.signature import infer_config
+from service.warmup import warm_up
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +33,31 @@ LABELS_FILE = "labels.txt"
 # Model names become folder names: refuse anything that could leave the repository root.
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
-SchedulerFactory = Callable[[ModelConfig, OnnxRunner], Scheduler]
+SchedulerFactory = Callable[[ModelConfig, Sequence[OnnxRunner]], Scheduler]
 
 
-def direct_scheduler(config: ModelConfig, runner: OnnxRunner) -> Scheduler:
-    return DirectScheduler(runner, instances=config.instances, name=config.name)
+def batch_policy(config: ModelConfig, *, batching: bool = True) -> BatchPolicy:
+    """The batcher's policy from a model config. batching=False (or an unbatched model):
+    every request runs alone, as sent, through the same queue and backpressure."""
+    merge = batching and config.batched
+    batching_config = config.dynamic_batching
+    return BatchPolicy(
+        max_batch_size=max(1, config.max_batch_size),
+        max_queue_size=batching_config.max_queue_size,
+        max_queue_delay_s=batching_config.max_queue_delay_us / 1e6,
+        preferred_batch_sizes=batching_config.preferred_batch_sizes,
+        merge=merge,
+    )
+
+
+def scheduler_factory(*, batching: bool = True) -> SchedulerFactory:
+    def make(config: ModelConfig, runners: Sequence[OnnxRunner]) -> Scheduler:
+        return DynamicBatcher(runners, batch_policy(config, batching=batching), name=config.name)
+
+    return make
+
+
+default_scheduler = scheduler_factory()
 
 
 class ModelState(StrEnum):
@@ -77,33 +99,44 @@ def load_model(model_dir: Path, version: int, make_scheduler: SchedulerFactory) 
     name = model_dir.name
     overrides = load_model_overrides(name, model_dir / CONFIG_FILE)
     instances = overrides.instances or 1
-    runner = OnnxRunner(
-        model_dir / str(version) / MODEL_FILE,
-        device=overrides.device or "auto",
-        intra_op_threads=default_intra_op_threads(instances),
-        provider_options=overrides.provider_options,
-    )
-    config = overrides.apply(infer_config(name, runner.inputs(), runner.outputs()))
+    # One session per instance, each with its share of the cores: concurrent runs on one
+    # shared session would contend for a single intra-op thread pool.
+    runners = [
+        OnnxRunner(
+            model_dir / str(version) / MODEL_FILE,
+            device=overrides.device or "auto",
+            intra_op_threads=default_intra_op_threads(instances),
+            provider_options=overrides.provider_options,
+        )
+        for _ in range(instances)
+    ]
+    first = runners[0]
+    config = overrides.apply(infer_config(name, first.inputs(), first.outputs()))
+    warmed = warm_up(runners, config)
     log.info(
-        "model %s version %d: provider %s (available %s), max_batch_size %d, inputs %s",
+        "model %s version %d: provider %s (available %s), %d instance(s) x %d threads, "
+        "max_batch_size %d, warmed at %s, inputs %s",
         name,
         version,
-        runner.provider,
-        runner.providers,
+        first.provider,
+        first.providers,
+        instances,
+        first.intra_op_threads,
         config.max_batch_size,
+        warmed,
         [(s.name, s.datatype, config.full_shape(s)) for s in config.inputs],
     )
     return ServedModel(
         config=config,
         version=version,
-        runner=runner,
-        scheduler=make_scheduler(config, runner),
+        runners=runners,
+        scheduler=make_scheduler(config, runners),
         labels=read_labels(model_dir),
     )
 
 
 class ModelRepository:
-    def __init__(self, root: Path, make_scheduler: SchedulerFactory = direct_scheduler) -> None:
+    def __init__(self, root: Path, make_scheduler: SchedulerFactory = default_scheduler) -> None:
         self.root = root.resolve()
         self._make_scheduler = make_scheduler
         self._entries: dict[str, ModelEntry] = {}

@@ -17,7 +17,7 @@ from grpc_reflection.v1alpha import reflection
 
 from service.config import ServerSettings
 from service.grpc_api import InferenceServicer, add_to_server
-from service.repository import ModelRepository, SchedulerFactory, direct_scheduler
+from service.repository import ModelRepository, SchedulerFactory, scheduler_factory
 from service.v2 import POOL
 from service.v2 import grpc_service_pb2 as pb
 
@@ -36,10 +36,13 @@ def _reflection_pool() -> descriptor_pool.DescriptorPool:
 
 class CnnserveServer:
     def __init__(
-        self, settings: ServerSettings, make_scheduler: SchedulerFactory = direct_scheduler
+        self, settings: ServerSettings, make_scheduler: SchedulerFactory | None = None
     ) -> None:
         self.settings = settings
-        self.repository = ModelRepository(settings.model_repository, make_scheduler)
+        self.repository = ModelRepository(
+            settings.model_repository,
+            make_scheduler or scheduler_factory(batching=settings.batching),
+        )
         self.health = HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._ready = False

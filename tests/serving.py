@@ -10,13 +10,19 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from service.config import ServerSettings
-from service.repository import SchedulerFactory, direct_scheduler
+import numpy as np
+import numpy.typing as npt
+
+from service.batcher import DynamicBatcher
+from service.config import ModelConfig, ServerSettings
+from service.repository import SchedulerFactory, batch_policy
+from service.runtime import OnnxRunner
+from service.scheduler import Runner, Scheduler
 from service.server import CnnserveServer
 
 T = TypeVar("T")
@@ -55,7 +61,7 @@ class ServerThread:
 @contextmanager
 def running_server(
     repository: Path = EXAMPLE_MODELS,
-    make_scheduler: SchedulerFactory = direct_scheduler,
+    make_scheduler: SchedulerFactory | None = None,
     grace_period_s: float = 5.0,
 ) -> Iterator[ServerThread]:
     settings = ServerSettings(
@@ -67,3 +73,35 @@ def running_server(
         yield handle
     finally:
         handle.stop()
+
+
+class GatedRunner:
+    """Wraps a real runner; holds every run until `release()` (to fill a queue in tests)."""
+
+    def __init__(self, inner: Runner) -> None:
+        self.inner = inner
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+        self.rows_seen: list[int] = []
+
+    def release(self) -> None:
+        self.gate.set()
+
+    def run(
+        self, feeds: Mapping[str, npt.NDArray[np.generic]], output_names: Sequence[str]
+    ) -> list[npt.NDArray[np.generic]]:
+        self.rows_seen.append(len(next(iter(feeds.values()))))
+        self.entered.set()
+        self.gate.wait(timeout=120)
+        return self.inner.run(feeds, output_names)
+
+
+def gated_scheduler(gates: list[GatedRunner]) -> SchedulerFactory:
+    """A scheduler factory whose runners are gated; the gates are appended to `gates`."""
+
+    def make(config: ModelConfig, runners: Sequence[OnnxRunner]) -> Scheduler:
+        wrapped = [GatedRunner(runner) for runner in runners]
+        gates.extend(wrapped)
+        return DynamicBatcher(wrapped, batch_policy(config), name=config.name)
+
+    return make

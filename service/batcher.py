@@ -1,0 +1,385 @@
+"""The dynamic batcher: one per model version, in front of its onnxruntime instances.
+
+Policy (DESIGN.md, "The request path"):
+- A batch leaves as soon as an instance is free; whatever queued while every instance was
+  busy leaves together, up to `max_batch_size` rows. An idle server adds no delay.
+- `max_queue_delay_us` > 0 lets a partial batch wait up to that long for more rows;
+  `preferred_batch_sizes` cut a batch at the largest preferred size that the queue fills.
+- Requests are split at row granularity: one request's rows may span several batches (a
+  request larger than `max_batch_size` is split and reassembled), and one batch may carry
+  rows of many requests. Each response gets exactly its own rows, in order.
+- Admission is bounded in rows (`max_queue_size`): a full queue answers RESOURCE_EXHAUSTED
+  at once. Expired and cancelled requests are dropped before compute.
+- Models that cannot batch (`merge=False`) go through the same queue, one request a run.
+
+Execution happens in a thread pool owned here (one thread per instance); the event loop
+only moves references. Copies: one `np.concatenate` per input per batch (none when a batch
+is a single whole request), outputs are sliced as views.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from service.errors import (
+    CnnserveError,
+    DeadlineExceeded,
+    InternalError,
+    InvalidArgument,
+    ResourceExhausted,
+    Unavailable,
+)
+from service.scheduler import Arrays, Runner
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    max_batch_size: int  # rows per run; with merge=False only bounds the queue accounting
+    max_queue_size: int  # rows waiting (not yet handed to an instance)
+    max_queue_delay_s: float = 0.0
+    preferred_batch_sizes: tuple[int, ...] = ()
+    merge: bool = True  # False: each request runs alone, as sent (unbatched models)
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    """What one executed batch looked like; handed to the observer (metrics, tests)."""
+
+    rows: int
+    requests: int
+    queue_waits_s: tuple[float, ...]  # per request part: enqueue -> batch start
+    compute_s: float
+    failed: bool
+
+
+BatchObserver = Callable[[BatchRecord], None]
+
+
+@dataclass(eq=False)
+class _Pending:
+    """One submitted request: its rows are handed out to batches in order."""
+
+    inputs: Mapping[str, npt.NDArray[np.generic]]
+    output_names: tuple[str, ...]
+    rows: int
+    deadline: float | None
+    enqueued_at: float
+    future: asyncio.Future[Arrays]
+    next_row: int = 0  # rows already handed to batches
+    done_rows: int = 0
+    parts: dict[int, Arrays] = field(default_factory=dict)  # start row -> outputs
+
+    @property
+    def started(self) -> bool:
+        return self.next_row > 0
+
+    def finish_part(self, start: int, outputs: Arrays, rows: int) -> None:
+        if self.future.done():
+            return
+        self.parts[start] = outputs
+        self.done_rows += rows
+        if self.done_rows < self.rows:
+            return
+        if len(self.parts) == 1:
+            result = outputs  # the whole request in one batch: views, no copy
+        else:
+            order = sorted(self.parts)
+            result = {
+                name: np.concatenate([self.parts[s][name] for s in order])
+                for name in self.output_names
+            }
+        self.future.set_result(result)
+
+    def fail(self, error: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(error)
+
+
+@dataclass(frozen=True)
+class _Slice:
+    request: _Pending
+    start: int
+    stop: int
+
+    @property
+    def rows(self) -> int:
+        return self.stop - self.start
+
+
+class DynamicBatcher:
+    """Implements `scheduler.Scheduler`."""
+
+    def __init__(
+        self,
+        runners: Sequence[Runner],
+        policy: BatchPolicy,
+        *,
+        name: str = "model",
+        observer: BatchObserver | None = None,
+    ) -> None:
+        if not runners:
+            raise ValueError("a batcher needs at least one runner")
+        self.policy = policy
+        self._name = name
+        self._runners = list(runners)
+        self._idle: list[Runner] = []
+        self._observer = observer
+        self._queue: deque[_Pending] = deque()
+        self._queued_rows = 0
+        self._wakeup = asyncio.Event()
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()
+        self._executor: ThreadPoolExecutor | None = None
+        self._closing = False
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._executor = ThreadPoolExecutor(
+            max_workers=len(self._runners), thread_name_prefix=f"cnnserve-{self._name}"
+        )
+        self._idle = list(self._runners)
+        self._dispatcher = asyncio.create_task(self._dispatch_loop(), name=f"batcher-{self._name}")
+
+    async def aclose(self) -> None:
+        """Stop admitting, finish every accepted request, then release the threads."""
+        self._closing = True
+        self._wakeup.set()
+        if self._dispatcher is not None:
+            await self._dispatcher
+            self._dispatcher = None
+        if self._running:
+            await asyncio.gather(*self._running)
+        if self._executor is not None:
+            await asyncio.to_thread(self._executor.shutdown, wait=True)
+            self._executor = None
+
+    # -- introspection (metrics, tests) ------------------------------------------------
+
+    @property
+    def queued_rows(self) -> int:
+        return self._queued_rows
+
+    @property
+    def queued_requests(self) -> int:
+        return len(self._queue)
+
+    @property
+    def busy_instances(self) -> int:
+        return len(self._runners) - len(self._idle)
+
+    # -- admission ---------------------------------------------------------------------
+
+    async def submit(
+        self,
+        inputs: Mapping[str, npt.NDArray[np.generic]],
+        output_names: Sequence[str],
+        *,
+        batch_size: int,
+        deadline: float | None,
+    ) -> Arrays:
+        if self._dispatcher is None or self._closing:
+            raise Unavailable(f"model '{self._name}' is not accepting requests (shutting down)")
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if deadline is not None and now >= deadline:
+            raise DeadlineExceeded("the request's deadline passed before it was queued")
+        rows = batch_size if self.policy.merge else 1
+        if rows > self.policy.max_queue_size:
+            raise InvalidArgument(
+                f"request has {rows} rows, more than model '{self._name}' can ever queue "
+                f"(max_queue_size {self.policy.max_queue_size} rows)"
+            )
+        if self._queued_rows + rows > self.policy.max_queue_size:
+            raise ResourceExhausted(
+                f"model '{self._name}' queue is full ({self._queued_rows} of "
+                f"{self.policy.max_queue_size} rows waiting); retry later"
+            )
+        pending = _Pending(
+            inputs=inputs,
+            output_names=tuple(output_names),
+            rows=rows,
+            deadline=deadline,
+            enqueued_at=now,
+            future=loop.create_future(),
+        )
+        self._queue.append(pending)
+        self._queued_rows += rows
+        self._wakeup.set()
+        timeout = None if deadline is None else deadline - now
+        try:
+            # shield: a timeout or cancellation of this waiter must not cancel a future
+            # whose rows are already in a running batch; we mark it abandoned instead.
+            return await asyncio.wait_for(asyncio.shield(pending.future), timeout)
+        except TimeoutError:
+            self._abandon(pending)
+            raise DeadlineExceeded(
+                "the request's deadline passed while it waited in the queue"
+            ) from None
+        except asyncio.CancelledError:
+            self._abandon(pending)
+            raise
+
+    def _abandon(self, pending: _Pending) -> None:
+        """The client is gone: rows not yet handed out are never computed."""
+        if not pending.future.done():
+            pending.future.cancel()
+        if pending in self._queue:
+            # Rows already in a running batch finish and are discarded; the rest never run.
+            self._queue.remove(pending)
+            self._queued_rows -= pending.rows - pending.next_row
+
+    # -- batch formation ---------------------------------------------------------------
+
+    def _drop_dead_heads(self, now: float) -> None:
+        while self._queue:
+            head = self._queue[0]
+            if head.started:
+                return  # part of it is computing already: finish it
+            if head.future.done():  # cancelled by its client
+                pass
+            elif head.deadline is not None and now >= head.deadline:
+                head.fail(DeadlineExceeded("the request's deadline passed before compute"))
+            else:
+                return
+            self._queue.popleft()
+            self._queued_rows -= head.rows
+
+    def _target_rows(self) -> int:
+        policy = self.policy
+        target = min(self._queued_rows, policy.max_batch_size)
+        fitting = [p for p in policy.preferred_batch_sizes if p <= target]
+        return max(fitting) if fitting else target
+
+    def _form_batch(self, now: float) -> list[_Slice]:
+        self._drop_dead_heads(now)
+        if not self._queue:
+            return []
+        if not self.policy.merge:
+            head = self._queue.popleft()
+            self._queued_rows -= head.rows
+            head.next_row = head.rows
+            return [_Slice(head, 0, head.rows)]
+        budget = self._target_rows()
+        batch: list[_Slice] = []
+        while budget > 0 and self._queue:
+            head = self._queue[0]
+            if not head.started and (
+                head.future.done() or (head.deadline is not None and now >= head.deadline)
+            ):
+                self._drop_dead_heads(now)
+                continue
+            take = min(budget, head.rows - head.next_row)
+            batch.append(_Slice(head, head.next_row, head.next_row + take))
+            head.next_row += take
+            budget -= take
+            self._queued_rows -= take
+            if head.next_row == head.rows:
+                self._queue.popleft()
+        return batch
+
+    def _should_wait_for_more(self, now: float) -> float:
+        """Seconds to hold a partial batch for more rows (0: send it now)."""
+        policy = self.policy
+        if policy.max_queue_delay_s <= 0 or not policy.merge or self._closing:
+            return 0.0
+        if self._queued_rows >= policy.max_batch_size:
+            return 0.0
+        if policy.preferred_batch_sizes and self._queued_rows in policy.preferred_batch_sizes:
+            return 0.0
+        return max(0.0, self._queue[0].enqueued_at + policy.max_queue_delay_s - now)
+
+    async def _dispatch_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            while not (self._queue and self._idle):
+                if self._closing and not self._queue:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            now = loop.time()
+            wait = self._should_wait_for_more(now)
+            if wait > 0:
+                self._wakeup.clear()
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), wait)
+                except TimeoutError:
+                    pass
+                else:
+                    continue  # something arrived: re-evaluate before the delay is over
+                now = loop.time()
+            batch = self._form_batch(now)
+            if not batch:
+                continue
+            runner = self._idle.pop()
+            task = asyncio.create_task(self._execute(runner, batch, now))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    # -- execution ---------------------------------------------------------------------
+
+    async def _execute(self, runner: Runner, batch: list[_Slice], started: float) -> None:
+        loop = asyncio.get_running_loop()
+        names = tuple(dict.fromkeys(n for s in batch for n in s.request.output_names))
+        failed = False
+        compute_s = 0.0
+        try:
+            assert self._executor is not None
+            feeds = _gather_inputs(batch)
+            outputs = await loop.run_in_executor(self._executor, runner.run, feeds, list(names))
+            compute_s = loop.time() - started
+            results = dict(zip(names, outputs, strict=True))
+            offset = 0
+            for part in batch:
+                if self.policy.merge:
+                    own = {
+                        n: results[n][offset : offset + part.rows]
+                        for n in part.request.output_names
+                    }
+                else:
+                    own = {n: results[n] for n in part.request.output_names}
+                part.request.finish_part(part.start, own, part.rows)
+                offset += part.rows
+        except CnnserveError as exc:
+            failed = True
+            for part in batch:
+                part.request.fail(type(exc)(exc.message))
+        except Exception as exc:  # a fault in our code or the runner: every part learns why
+            failed = True
+            log.exception("batch of %d rows failed on model %s", len(batch), self._name)
+            for part in batch:
+                part.request.fail(InternalError(f"batch failed: {exc}"))
+        finally:
+            self._idle.append(runner)
+            self._wakeup.set()
+        if self._observer is not None:
+            self._observer(
+                BatchRecord(
+                    rows=sum(p.rows for p in batch),
+                    requests=len(batch),
+                    queue_waits_s=tuple(started - p.request.enqueued_at for p in batch),
+                    compute_s=compute_s,
+                    failed=failed,
+                )
+            )
+
+
+def _gather_inputs(batch: list[_Slice]) -> dict[str, npt.NDArray[np.generic]]:
+    """One concatenation per input; a batch that is one whole request is passed as is."""
+    first = batch[0]
+    if len(batch) == 1 and first.start == 0 and first.stop == first.request.rows:
+        return dict(first.request.inputs)
+    return {
+        name: np.concatenate([part.request.inputs[name][part.start : part.stop] for part in batch])
+        for name in first.request.inputs
+    }

@@ -1,0 +1,62 @@
+"""A served model's config as Triton's ModelConfig message (the ModelConfig RPC).
+
+perf_analyzer and tritonclient's `get_model_config` read this to learn max_batch_size,
+tensor shapes and the batching policy. Only the fields cnnserve has are filled.
+"""
+
+from __future__ import annotations
+
+from service.model import ServedModel
+from service.repository import LABELS_FILE
+from service.v2 import model_config_pb2 as mc
+
+_DATA_TYPES = {
+    "BOOL": mc.TYPE_BOOL,
+    "UINT8": mc.TYPE_UINT8,
+    "UINT16": mc.TYPE_UINT16,
+    "UINT32": mc.TYPE_UINT32,
+    "UINT64": mc.TYPE_UINT64,
+    "INT8": mc.TYPE_INT8,
+    "INT16": mc.TYPE_INT16,
+    "INT32": mc.TYPE_INT32,
+    "INT64": mc.TYPE_INT64,
+    "FP16": mc.TYPE_FP16,
+    "FP32": mc.TYPE_FP32,
+    "FP64": mc.TYPE_FP64,
+    "BYTES": mc.TYPE_STRING,
+}
+
+
+def model_config_message(model: ServedModel) -> mc.ModelConfig:
+    config = model.config
+    message = mc.ModelConfig(
+        name=config.name,
+        platform=config.platform,
+        backend="onnxruntime",
+        max_batch_size=config.max_batch_size,
+    )
+    for spec in config.inputs:
+        message.input.add(name=spec.name, data_type=_DATA_TYPES[spec.datatype], dims=spec.dims)
+    for spec in config.outputs:
+        message.output.add(
+            name=spec.name,
+            data_type=_DATA_TYPES[spec.datatype],
+            dims=spec.dims,
+            label_filename=LABELS_FILE if model.labels else "",
+        )
+    gpu = model.runner.device_label == "cuda"
+    message.instance_group.add(
+        name=f"{config.name}_0",
+        count=len(model.runners),
+        kind=mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU,
+    )
+    if config.batched:
+        batching = config.dynamic_batching
+        message.dynamic_batching.preferred_batch_size.extend(batching.preferred_batch_sizes)
+        message.dynamic_batching.max_queue_delay_microseconds = batching.max_queue_delay_us
+        policy = message.dynamic_batching.default_queue_policy
+        policy.max_queue_size = batching.max_queue_size
+        policy.default_timeout_microseconds = batching.default_timeout_us
+        policy.allow_timeout_override = True
+    message.parameters["execution_provider"].string_value = model.runner.provider
+    return message

@@ -1,0 +1,62 @@
+"""Warm-up at load: run each batch size the batcher will form before the model is READY.
+
+The first run at a new shape pays onnxruntime's one-off costs (memory arena growth on the
+CPU; cuDNN algorithm search and allocations on CUDA), which would otherwise land on the
+first live requests. The batcher forms any size from 1 to max_batch_size; running all of
+them would make loading a large CNN slow, so the documented set is the powers of two up to
+max_batch_size, max_batch_size itself and every preferred batch size.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from service.config import ModelConfig
+from service.datatypes import DATATYPES
+from service.scheduler import Runner
+
+log = logging.getLogger(__name__)
+
+
+def warmup_batch_sizes(config: ModelConfig) -> list[int]:
+    if not config.batched:
+        return [0]  # 0: the model's own fixed shape, no batch axis
+    sizes = {config.max_batch_size, *config.dynamic_batching.preferred_batch_sizes}
+    power = 1
+    while power < config.max_batch_size:
+        sizes.add(power)
+        power *= 2
+    return sorted(sizes)
+
+
+def warm_up(runners: Sequence[Runner], config: ModelConfig) -> list[int]:
+    """Run every runner at every warm-up size; returns the sizes run ([] if skipped)."""
+    specs = config.inputs
+    if any(-1 in spec.dims for spec in specs) or any(s.datatype == "BYTES" for s in specs):
+        # A variable image size or string input: no representative shape to warm with.
+        log.info("model %s: warm-up skipped (variable dims or BYTES input)", config.name)
+        return []
+    sizes = warmup_batch_sizes(config)
+    output_names = [spec.name for spec in config.outputs]
+    started = time.monotonic()
+    for size in sizes:
+        feeds = {
+            spec.name: np.zeros(
+                (size, *spec.dims) if size else spec.dims, dtype=DATATYPES[spec.datatype].numpy
+            )
+            for spec in specs
+        }
+        for runner in runners:
+            runner.run(feeds, output_names)
+    log.info(
+        "model %s: warmed up %d instance(s) at batch sizes %s in %.2f s",
+        config.name,
+        len(runners),
+        sizes,
+        time.monotonic() - started,
+    )
+    return sizes

@@ -1,0 +1,125 @@
+"""Warm-up sizes, provider selection and honest provider reporting (CPU machine)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+import pytest
+
+from service.config import DynamicBatching, ModelConfig, TensorSpec
+from service.errors import InvalidArgument, ModelLoadError
+from service.grpc_api import request_deadline
+from service.runtime import CPU, CUDA, DeviceRequest, OnnxRunner, default_intra_op_threads
+from service.warmup import warm_up, warmup_batch_sizes
+from tests import onnx_models
+
+
+def _config(
+    max_batch_size: int, preferred: tuple[int, ...] = (), dims: tuple[int, ...] = (3,)
+) -> ModelConfig:
+    return ModelConfig(
+        name="m",
+        inputs=(TensorSpec("x", "FP32", dims),),
+        outputs=(TensorSpec("y", "FP32", dims),),
+        max_batch_size=max_batch_size,
+        dynamic_batching=DynamicBatching(preferred_batch_sizes=preferred),
+    )
+
+
+class RecordingRunner:
+    def __init__(self) -> None:
+        self.shapes: list[tuple[int, ...]] = []
+
+    def run(
+        self, feeds: Mapping[str, npt.NDArray[np.generic]], output_names: Sequence[str]
+    ) -> list[npt.NDArray[np.generic]]:
+        self.shapes.append(feeds["x"].shape)
+        return [feeds["x"]]
+
+
+def test_warmup_sizes_are_powers_of_two_max_and_preferred() -> None:
+    assert warmup_batch_sizes(_config(64)) == [1, 2, 4, 8, 16, 32, 64]
+    assert warmup_batch_sizes(_config(24, preferred=(6,))) == [1, 2, 4, 6, 8, 16, 24]
+    assert warmup_batch_sizes(_config(0)) == [0]
+
+
+def test_warm_up_runs_every_instance_at_every_size() -> None:
+    runners = [RecordingRunner(), RecordingRunner()]
+    assert warm_up(runners, _config(4)) == [1, 2, 4]
+    for runner in runners:
+        assert runner.shapes == [(1, 3), (2, 3), (4, 3)]
+    unbatched = RecordingRunner()
+    warm_up([unbatched], _config(0, dims=(1, 3)))
+    assert unbatched.shapes == [(1, 3)]
+
+
+def test_warm_up_skips_variable_dims() -> None:
+    runner = RecordingRunner()
+    assert warm_up([runner], _config(4, dims=(-1,))) == []
+    assert runner.shapes == []
+
+
+def test_device_parsing() -> None:
+    assert DeviceRequest.parse("cuda:1") == DeviceRequest("cuda", 1)
+    assert DeviceRequest.parse("auto") == DeviceRequest("auto")
+    with pytest.raises(ModelLoadError):
+        DeviceRequest.parse("tpu")
+
+
+def test_intra_op_threads_are_divided_among_instances() -> None:
+    cores = default_intra_op_threads(1)
+    assert default_intra_op_threads(2) == max(1, cores // 2)
+    assert default_intra_op_threads(10_000) == 1
+
+
+@pytest.fixture()
+def doubler(tmp_path: Path) -> Path:
+    return onnx_models.save(onnx_models.doubler(["n", 3]), tmp_path / "m.onnx")
+
+
+def test_auto_reports_the_provider_actually_used(doubler: Path) -> None:
+    runner = OnnxRunner(doubler, device="auto", intra_op_threads=1)
+    assert runner.provider == runner.session.get_providers()[0]
+    expected = CUDA if CUDA in ort.get_available_providers() else CPU
+    assert runner.provider == expected
+    x = np.ones((2, 3), np.float32)
+    np.testing.assert_array_equal(runner.run({"x": x}, ["y"])[0], 2 * x)
+
+
+@pytest.mark.skipif(CUDA in ort.get_available_providers(), reason="this onnxruntime has CUDA")
+def test_cuda_without_cuda_is_refused_not_silently_cpu(doubler: Path) -> None:
+    with pytest.raises(ModelLoadError, match="no CUDA execution provider"):
+        OnnxRunner(doubler, device="cuda")
+
+
+@pytest.mark.skipif(CUDA not in ort.get_available_providers(), reason="needs onnxruntime-gpu")
+def test_cuda_provider_options_reach_the_session(doubler: Path) -> None:
+    options = {"cudnn_conv_algo_search": "HEURISTIC", "arena_extend_strategy": "kSameAsRequested"}
+    try:
+        runner = OnnxRunner(doubler, device="cuda", provider_options=options)
+    except ModelLoadError as exc:  # GPU package present but no usable GPU
+        pytest.skip(str(exc))
+    session_options = runner.session_provider_options()[CUDA]
+    for key, value in options.items():
+        assert session_options[key] == value
+
+
+def test_request_deadline_takes_the_earliest() -> None:
+    async def check() -> None:
+        now = asyncio.get_running_loop().time()
+        assert request_deadline(None, None, 0) is None
+        assert request_deadline(2.0, 500_000, 0) == pytest.approx(now + 0.5, abs=0.05)
+        assert request_deadline(0.1, 500_000, 0) == pytest.approx(now + 0.1, abs=0.05)
+        assert request_deadline(None, None, 300_000) == pytest.approx(now + 0.3, abs=0.05)
+        # An explicit timeout overrides the model default (as Triton's allow_timeout_override).
+        assert request_deadline(None, 900_000, 300_000) == pytest.approx(now + 0.9, abs=0.05)
+        for bad in ("soon", -1, True, 1.5):
+            with pytest.raises(InvalidArgument, match="timeout"):
+                request_deadline(None, bad, 0)
+
+    asyncio.run(check())
