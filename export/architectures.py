@@ -72,3 +72,50 @@ class WithSoftmax(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.model(image), dim=1)
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block: two 3x3 convs with batch norm, identity (or 1x1) shortcut."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
+                nn.BatchNorm2d(out_channels),
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        result: torch.Tensor = torch.relu(out + self.shortcut(x))
+        return result
+
+
+class ResNet18(nn.Module):
+    """ResNet-18 (four stages of two basic blocks) for 3 x H x W images."""
+
+    def __init__(self, classes: int = 1000, in_channels: int = 3) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False),
+            nn.BatchNorm2d(64),
+            nn.ReLU(),
+            nn.MaxPool2d(3, 2, 1),
+        )
+        stages: list[nn.Module] = []
+        channels = 64
+        for width, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+            stages += [BasicBlock(channels, width, stride), BasicBlock(width, width)]
+            channels = width
+        self.stages = nn.Sequential(*stages)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, classes))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        logits: torch.Tensor = self.head(self.stages(self.stem(image)))
+        return logits

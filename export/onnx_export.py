@@ -26,7 +26,13 @@ class Parity:
     samples: int
 
 
-def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+def export_onnx(
+    model: nn.Module,
+    example: torch.Tensor,
+    path: Path,
+    input_name: str = INPUT_NAME,
+    output_name: str = OUTPUT_NAME,
+) -> None:
     """One self-contained file; axis 0 of input and output is the dynamic batch."""
     model.eval()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -36,9 +42,9 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
         model,
         (example,),
         str(path),
-        input_names=[INPUT_NAME],
-        output_names=[OUTPUT_NAME],
-        dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+        input_names=[input_name],
+        output_names=[output_name],
+        dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}},
         opset_version=17,
         dynamo=False,
     )
