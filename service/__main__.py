@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from service.config import ServerSettings
+from service.eventloop import loop_factory
 
 
 def _env(name: str, default: str) -> str:
@@ -121,7 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             grace_period_s=args.grace_period,
             batching=args.batching == "on",
         )
-        asyncio.run(_serve(settings))
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
+            runner.run(_serve(settings))
         return 0
     if args.command == "infer":
         from service.client import infer_images

@@ -20,6 +20,7 @@ import numpy.typing as npt
 
 from service.batcher import DynamicBatcher
 from service.config import ModelConfig, ServerSettings
+from service.eventloop import loop_factory
 from service.repository import SchedulerFactory, batch_policy
 from service.runtime import OnnxRunner
 from service.scheduler import Runner, Scheduler
@@ -33,7 +34,7 @@ EXAMPLE_MODELS = REPO_ROOT / "models"
 class ServerThread:
     def __init__(self, server: CnnserveServer) -> None:
         self.server = server
-        self.loop = asyncio.new_event_loop()
+        self.loop = loop_factory()()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
     @property
