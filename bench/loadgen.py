@@ -37,12 +37,16 @@ class LevelResult:
 
 
 def infer_request_bytes(
-    model: str, input_name: str, shape: tuple[int, ...], seed: int = 0
+    model: str, input_name: str, shape: tuple[int, ...], datatype: str = "FP32", seed: int = 0
 ) -> bytes:
     rng = np.random.default_rng(seed)
-    data = rng.random(shape, dtype=np.float32)
+    data: np.ndarray = (
+        rng.integers(0, 256, shape, dtype=np.uint8)
+        if datatype == "UINT8"
+        else rng.random(shape, dtype=np.float32)
+    )
     request = pb.ModelInferRequest(model_name=model)
-    request.inputs.add(name=input_name, datatype="FP32", shape=shape)
+    request.inputs.add(name=input_name, datatype=datatype, shape=shape)
     request.raw_input_contents.append(data.tobytes())
     return request.SerializeToString()
 

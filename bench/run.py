@@ -43,8 +43,10 @@ CONCURRENCY = (1, 8, 32)
 class BenchModel:
     name: str
     input_name: str
-    shape: tuple[int, ...]  # one image, without the batch axis
+    shape: tuple[int, ...]  # one image as the client sends it, without the batch axis
     duration_s: float
+    datatype: str = "FP32"
+    model_shape: tuple[int, ...] = ()  # the bare ONNX model's input, when it differs
 
 
 def build_repository(root: Path) -> list[BenchModel]:
@@ -63,7 +65,8 @@ def build_repository(root: Path) -> list[BenchModel]:
     export_onnx(model, torch.zeros(1, 3, 224, 224), resnet / "1" / "model.onnx", "image", "logits")
     (resnet / "config.yaml").write_text("max_batch_size: 32\n")
     return [
-        BenchModel("digits", "image", (1, 8, 8), 5.0),
+        # Served with its preprocessing: clients send uint8 NHWC pixels.
+        BenchModel("digits", "image", (8, 8, 1), 5.0, "UINT8", (1, 8, 8)),
         BenchModel("resnet18", "image", (3, 224, 224), 10.0),
     ]
 
@@ -75,7 +78,8 @@ def in_process(path: Path, model: BenchModel, batch: int, min_s: float, spin: bo
     process spinning can be faster, so the in-process baseline takes the better of both."""
     runner = OnnxRunner(path, device="auto", spin=spin)
     output = runner.outputs()[0].name
-    feeds = {model.input_name: np.random.default_rng(0).random((batch, *model.shape), np.float32)}
+    shape = (batch, *(model.model_shape or model.shape))
+    feeds = {model.input_name: np.random.default_rng(0).random(shape, np.float32)}
     runner.run(feeds, [output])  # first-shape cost, as the server's warm-up pays it
     runs, started = 0, time.perf_counter()
     while runs < 3 or time.perf_counter() - started < min_s:
@@ -139,7 +143,9 @@ def main(argv: list[str] | None = None) -> int:
         server = ServerProcess(repository, batching)
         try:
             for model in models:
-                payload = infer_request_bytes(model.name, model.input_name, (1, *model.shape))
+                payload = infer_request_bytes(
+                    model.name, model.input_name, (1, *model.shape), model.datatype
+                )
                 for c in CONCURRENCY:
                     result = asyncio.run(
                         run_level(

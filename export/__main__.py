@@ -11,14 +11,16 @@ from pathlib import Path
 import torch
 
 from export.architectures import DIGITS_SPEC, Cnn, WithSoftmax
-from export.data import digits_split
+from export.data import dataset_statistics, digits_split, normalized
 from export.onnx_export import check_parity, parity_dict, write_repository_entry
 from export.train import TrainConfig, train
 
 
 def _train_digits(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
-    split = digits_split()
+    pixels = digits_split()
+    normalization = dataset_statistics(pixels.train_x, color="gray")
+    split = normalized(pixels, normalization)
     model = Cnn(DIGITS_SPEC)
     result = train(model, split, TrainConfig(epochs=args.epochs, seed=args.seed))
     print(
@@ -31,11 +33,15 @@ def _train_digits(args: argparse.Namespace) -> int:
     config = {
         "max_batch_size": 64,
         "dynamic_batching": {"max_queue_delay_us": 0, "max_queue_size": 1024},
+        # The training split's statistics: the server applies exactly what training used.
+        "preprocessing": normalization.config(),
     }
     card = {
         "model": args.name,
-        "dataset": "sklearn load_digits, stratified 70/10/20 split, seed 0",
-        "input": "FP32 [batch, 1, 8, 8], pixel / 16 (ink = 1)",
+        "dataset": "sklearn load_digits as uint8 pixels (value * 255/16), stratified "
+        "70/10/20 split, seed 0",
+        "input": "UINT8 pixels [batch, 8, 8, 1] (NHWC, grayscale, ink bright), or PNG/JPEG",
+        "preprocessing": normalization.config(),
         "train": asdict(result),
     }
     path = write_repository_entry(

@@ -1,12 +1,15 @@
-"""Datasets and the fixed-seed stratified 70/10/20 split.
+"""Datasets, the fixed-seed stratified 70/10/20 split, and the training split's statistics.
 
-No torch here: the tests that check served accuracy import this module to rebuild the
-exact test split without the training dependencies.
+Images are kept as uint8 pixels in NHWC, exactly as clients send them to the server; the
+normalization measured on the training split turns them into the model's float input with
+the same formula the server's preprocessing graph applies (service.preprocess).
+No torch here: tests import this module to rebuild the exact test split.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -15,21 +18,77 @@ from sklearn.model_selection import train_test_split
 
 DIGITS_MAX = 16.0  # load_digits pixels are integers in [0, 16]
 SPLIT_SEED = 0
+PIXEL_SCALE = 1 / 255
 
 
 @dataclass(frozen=True)
 class Split:
-    train_x: npt.NDArray[np.float32]
+    train_x: npt.NDArray[Any]
     train_y: npt.NDArray[np.int64]
-    val_x: npt.NDArray[np.float32]
+    val_x: npt.NDArray[Any]
     val_y: npt.NDArray[np.int64]
-    test_x: npt.NDArray[np.float32]
+    test_x: npt.NDArray[Any]
     test_y: npt.NDArray[np.int64]
     class_names: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class Normalization:
+    """standardize: x' = (pixels * scale - mean) / std, per channel, in scaled units."""
+
+    scale: float
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    color: str
+
+    def apply(self, pixels: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+        """uint8 NHWC pixels -> float32 NCHW model input (the server's formula)."""
+        scaled = pixels.astype(np.float32) * np.float32(self.scale)
+        mean, std = np.asarray(self.mean, np.float32), np.asarray(self.std, np.float32)
+        standardized = ((scaled - mean) / std).astype(np.float32)
+        return np.ascontiguousarray(standardized.transpose(0, 3, 1, 2))
+
+    def config(self) -> dict[str, Any]:
+        """The model's `preprocessing` config block, so serving never drifts from training."""
+        return {
+            "mode": "standardize",
+            "scale": self.scale,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "statistics": "dataset",
+            "layout": "NHWC",
+            "color": self.color,
+        }
+
+
+def dataset_statistics(train_pixels: npt.NDArray[np.uint8], color: str) -> Normalization:
+    """Per-channel mean and std of the training split, in scaled units (pixels * 1/255)."""
+    x = train_pixels.astype(np.float64) * PIXEL_SCALE
+    mean = x.mean(axis=(0, 1, 2))
+    std = x.std(axis=(0, 1, 2))
+    return Normalization(
+        PIXEL_SCALE,
+        tuple(round(float(m), 6) for m in mean),
+        tuple(round(float(s), 6) for s in std),
+        color,
+    )
+
+
+def normalized(split: Split, normalization: Normalization) -> Split:
+    """The split as the model's float inputs."""
+    return Split(
+        normalization.apply(split.train_x),
+        split.train_y,
+        normalization.apply(split.val_x),
+        split.val_y,
+        normalization.apply(split.test_x),
+        split.test_y,
+        split.class_names,
+    )
+
+
 def stratified_split(
-    x: npt.NDArray[np.float32],
+    x: npt.NDArray[Any],
     y: npt.NDArray[np.int64],
     class_names: tuple[str, ...],
     seed: int = SPLIT_SEED,
@@ -45,9 +104,13 @@ def stratified_split(
     return Split(train_x, train_y, val_x, val_y, test_x, test_y, class_names)
 
 
-def digits_split(seed: int = SPLIT_SEED) -> Split:
-    """scikit-learn's bundled 8x8 digits as float32 NCHW in [0, 1] (ink = 1)."""
+def digits_pixels() -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]:
+    """scikit-learn's bundled 8x8 digits as uint8 NHWC grayscale pixels (ink bright)."""
     bunch = load_digits()
-    x = (bunch.images.astype(np.float32) / DIGITS_MAX)[:, None, :, :]
-    y = bunch.target.astype(np.int64)
-    return stratified_split(x, y, tuple(str(c) for c in range(10)), seed)
+    pixels = np.round(bunch.images * (255 / DIGITS_MAX)).astype(np.uint8)[:, :, :, None]
+    return pixels, bunch.target.astype(np.int64)
+
+
+def digits_split(seed: int = SPLIT_SEED) -> Split:
+    pixels, labels = digits_pixels()
+    return stratified_split(pixels, labels, tuple(str(c) for c in range(10)), seed)

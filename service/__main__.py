@@ -51,17 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to finish accepted requests on SIGTERM (env CNNSERVE_GRACE_PERIOD)",
     )
 
-    infer = commands.add_parser("infer", help="classify image files with a running server")
+    infer = commands.add_parser(
+        "infer", help="classify image files with a running server (sent as they are)"
+    )
     infer.add_argument("images", nargs="+", type=Path, help="PNG or JPEG files")
     infer.add_argument("--model", required=True)
     infer.add_argument("--url", default=_env("URL", "127.0.0.1:8001"), help="host:port")
     infer.add_argument("--top-k", type=int, default=3)
-    infer.add_argument(
-        "--invert",
-        choices=("auto", "yes", "no"),
-        default="auto",
-        help="invert dark-on-light images for models trained light-on-dark (auto: by mean)",
-    )
 
     commands.add_parser(
         "export",
@@ -126,9 +122,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             runner.run(_serve(settings))
         return 0
     if args.command == "infer":
-        from service.client import infer_images
+        from service.client import classify_files
 
-        for line in infer_images(args.url, args.model, args.images, args.top_k, args.invert):
+        for line in classify_files(args.url, args.model, args.images, args.top_k):
             print(line)
         return 0
     return 2

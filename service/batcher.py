@@ -216,24 +216,32 @@ class DynamicBatcher:
         self._queue.append(pending)
         self._queued_rows += rows
         self._wakeup.set()
-        timeout = None if deadline is None else deadline - now
+        # One timer per request with a deadline, and a plain await: resolving the future
+        # wakes this coroutine directly (wait_for + shield would cost three loop hops).
+        timer = None if deadline is None else loop.call_at(deadline, self._expire, pending)
         try:
-            # shield: a timeout or cancellation of this waiter must not cancel a future
-            # whose rows are already in a running batch; we mark it abandoned instead.
-            return await asyncio.wait_for(asyncio.shield(pending.future), timeout)
-        except TimeoutError:
-            self._abandon(pending)
-            raise DeadlineExceeded(
-                "the request's deadline passed while it waited in the queue"
-            ) from None
+            return await pending.future
         except asyncio.CancelledError:
-            self._abandon(pending)
+            self._abandon(pending)  # the client went away (awaiting cancelled the future)
             raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def _expire(self, pending: _Pending) -> None:
+        """The deadline passed before the request finished: answer now, compute no more."""
+        if pending.future.done():
+            return
+        pending.fail(DeadlineExceeded("the request's deadline passed while it waited in the queue"))
+        self._forget(pending)
 
     def _abandon(self, pending: _Pending) -> None:
         """The client is gone: rows not yet handed out are never computed."""
         if not pending.future.done():
             pending.future.cancel()
+        self._forget(pending)
+
+    def _forget(self, pending: _Pending) -> None:
         if pending in self._queue:
             # Rows already in a running batch finish and are discarded; the rest never run.
             self._queue.remove(pending)

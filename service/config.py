@@ -54,6 +54,8 @@ class ModelConfig:
     instances: int = 1
     dynamic_batching: DynamicBatching = field(default_factory=DynamicBatching)
     provider_options: Mapping[str, str] = field(default_factory=dict)
+    # Inputs that also accept BYTES: one encoded image per batch row (preprocessing).
+    encoded_inputs: tuple[str, ...] = ()
 
     @property
     def batched(self) -> bool:
@@ -81,6 +83,9 @@ class ModelOverrides:
     instances: int | None = None
     dynamic_batching: DynamicBatching | None = None
     provider_options: Mapping[str, str] | None = None
+    # Validated by service.preprocess.parse_preprocessing (which needs the model's inputs
+    # to bind, and imports this module); kept raw here.
+    preprocessing: Mapping[str, Any] | None = None
 
     def apply(self, inferred: ModelConfig) -> ModelConfig:
         """Declared values win; declared tensors must exist in the model with its datatype."""
@@ -214,6 +219,7 @@ _MODEL_KEYS = {
     "instances",
     "dynamic_batching",
     "provider_options",
+    "preprocessing",
 }
 
 
@@ -265,6 +271,7 @@ def parse_model_overrides(model: str, document: Mapping[str, Any]) -> ModelOverr
             else None
         ),
         provider_options=provider_options,
+        preprocessing=document.get("preprocessing"),
     )
 
 

@@ -1,23 +1,32 @@
-"""A served model version: its config, onnxruntime runner, scheduler and labels.
+"""A served model version: its config, onnxruntime runners, scheduler, labels, decoding.
 
 `ServedModel` is the core that the gRPC servicer calls: `check_headers` checks a request
-against the signature (before its payload is decoded), `infer` hands it to the scheduler
-and picks the requested outputs.
+against the signature (before its payload is decoded), `infer` decodes encoded images (in
+this model's decode threads), hands the request to the scheduler, picks the requested
+outputs and applies Triton's classification extension.
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 
-from service.codec import DecodedRequest, TensorHeader
+from service.codec import DecodedRequest, RequestedOutput, TensorHeader
 from service.config import ModelConfig
+from service.errors import InvalidArgument
+from service.images import decode_batch
+from service.preprocess import BoundPreprocess
 from service.runtime import OnnxRunner
 from service.scheduler import Scheduler
 from service.signature import check_inputs, select_outputs
+
+CLASSIFICATION = "classification"  # Triton's output parameter: return the top k classes
 
 
 @dataclass
@@ -27,6 +36,8 @@ class ServedModel:
     runners: list[OnnxRunner]  # one per instance
     scheduler: Scheduler
     labels: tuple[str, ...] = ()
+    preprocess: BoundPreprocess | None = None
+    _decoder: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
 
     @property
     def name(self) -> str:
@@ -37,6 +48,19 @@ class ServedModel:
         """The first instance: all instances share device and provider."""
         return self.runners[0]
 
+    async def start(self) -> None:
+        if self.preprocess is not None:
+            self._decoder = ThreadPoolExecutor(
+                max_workers=os.cpu_count() or 1, thread_name_prefix=f"decode-{self.name}"
+            )
+        await self.scheduler.start()
+
+    async def aclose(self) -> None:
+        await self.scheduler.aclose()
+        if self._decoder is not None:
+            await asyncio.to_thread(self._decoder.shutdown, wait=True)
+            self._decoder = None
+
     def check_headers(self, headers: Sequence[TensorHeader]) -> int:
         """The signature check, run by the codec before payloads are decoded."""
         return check_inputs(self.config, headers)
@@ -45,10 +69,49 @@ class ServedModel:
         self, request: DecodedRequest, *, deadline: float | None
     ) -> list[tuple[str, npt.NDArray[np.generic]]]:
         names = select_outputs(self.config, request.outputs)
+        classify = {out.name: _class_count(out) for out in request.outputs}
+        inputs = dict(request.inputs)
+        pre = self.preprocess
+        if pre is not None and inputs[pre.input_name].dtype == np.object_:
+            assert self._decoder is not None
+            images = inputs[pre.input_name].reshape(-1)
+            loop = asyncio.get_running_loop()
+            inputs[pre.input_name] = await loop.run_in_executor(
+                self._decoder, decode_batch, pre, list(images)
+            )
         results = await self.scheduler.submit(
-            request.inputs, names, batch_size=request.batch_size, deadline=deadline
+            inputs, names, batch_size=request.batch_size, deadline=deadline
         )
-        return [(name, results[name]) for name in names]
+        outputs: list[tuple[str, npt.NDArray[np.generic]]] = []
+        for name in names:
+            k = classify.get(name, 0)
+            outputs.append((name, self._classify(results[name], k) if k else results[name]))
+        return outputs
 
-    async def aclose(self) -> None:
-        await self.scheduler.aclose()
+    def _classify(self, scores: npt.NDArray[np.generic], k: int) -> npt.NDArray[np.object_]:
+        """Top k per row as BYTES "<score>:<index>[:<label>]", as Triton returns them."""
+        batch = scores.shape[0] if self.config.batched else 1
+        rows = np.asarray(scores).reshape(batch, -1)
+        k = min(k, rows.shape[1])
+        top = np.argsort(-rows, axis=1, kind="stable")[:, :k]
+        labels = self.labels
+        out = np.empty((rows.shape[0], k), dtype=np.object_)
+        for r in range(rows.shape[0]):
+            for j, index in enumerate(top[r]):
+                text = f"{float(rows[r, index]):f}:{int(index)}"
+                if int(index) < len(labels):
+                    text += f":{labels[int(index)]}"
+                out[r, j] = text.encode()
+        return out if self.config.batched else out.reshape(k)
+
+
+def _class_count(output: RequestedOutput) -> int:
+    value = output.parameters.get(CLASSIFICATION)
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidArgument(
+            f"output '{output.name}': parameter '{CLASSIFICATION}' must be a positive int64 "
+            f"class count, got {value!r}"
+        )
+    return value

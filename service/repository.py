@@ -12,17 +12,20 @@ import asyncio
 import logging
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 
+import onnx
+
 from service.batcher import BatchPolicy, DynamicBatcher
-from service.config import ModelConfig, load_model_overrides
-from service.errors import CnnserveError, NotFound, Unavailable
+from service.config import ModelConfig, ModelOverrides, load_model_overrides
+from service.errors import CnnserveError, ModelLoadError, NotFound, Unavailable
 from service.model import ServedModel
+from service.preprocess import BoundPreprocess, attach, bind, parse_preprocessing
 from service.runtime import OnnxRunner, default_intra_op_threads
 from service.scheduler import Scheduler
-from service.signature import infer_config
+from service.signature import infer_config, onnx_signature
 from service.warmup import warm_up
 
 log = logging.getLogger(__name__)
@@ -94,16 +97,47 @@ def read_labels(model_dir: Path) -> tuple[str, ...]:
     return tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
 
 
+@dataclass(frozen=True)
+class PreprocessedGraph:
+    config: ModelConfig  # image input as clients send it (UINT8 pixels or BYTES)
+    preprocess: BoundPreprocess
+    graph: bytes  # the model with the preprocessing subgraph in front
+
+
+def preprocessed_graph(name: str, path: Path, overrides: ModelOverrides) -> PreprocessedGraph:
+    """Bind the `preprocessing` key to the model and splice its subgraph into the graph."""
+    assert overrides.preprocessing is not None
+    spec = parse_preprocessing(name, overrides.preprocessing)
+    try:
+        proto = onnx.load(str(path))
+    except Exception as exc:  # protobuf DecodeError, OSError, ...
+        raise ModelLoadError(f"cannot read {path.name}: {exc}") from exc
+    config = overrides.apply(infer_config(name, *onnx_signature(proto)))
+    pre = bind(name, spec, config.inputs, config.batched)
+    graph = attach(proto, pre).SerializeToString()
+    client = pre.client_spec
+    if not config.batched:  # the model's fixed batch of 1 stays in the declared shape
+        client = replace(client, dims=(1, *client.dims))
+    inputs = tuple(client if s.name == pre.input_name else s for s in config.inputs)
+    config = replace(config, inputs=inputs, encoded_inputs=(pre.input_name,))
+    return PreprocessedGraph(config, pre, graph)
+
+
 def load_model(model_dir: Path, version: int, make_scheduler: SchedulerFactory) -> ServedModel:
-    """Blocking: build the session and config. Call from a thread."""
+    """Blocking: build the sessions and config, warm up. Call from a thread."""
     name = model_dir.name
     overrides = load_model_overrides(name, model_dir / CONFIG_FILE)
+    path = model_dir / str(version) / MODEL_FILE
+    prepared = (
+        preprocessed_graph(name, path, overrides) if overrides.preprocessing is not None else None
+    )
     instances = overrides.instances or 1
     # One session per instance, each with its share of the cores: concurrent runs on one
     # shared session would contend for a single intra-op thread pool.
     runners = [
         OnnxRunner(
-            model_dir / str(version) / MODEL_FILE,
+            path,
+            model_bytes=prepared.graph if prepared else None,
             device=overrides.device or "auto",
             intra_op_threads=default_intra_op_threads(instances),
             provider_options=overrides.provider_options,
@@ -111,11 +145,15 @@ def load_model(model_dir: Path, version: int, make_scheduler: SchedulerFactory) 
         for _ in range(instances)
     ]
     first = runners[0]
-    config = overrides.apply(infer_config(name, first.inputs(), first.outputs()))
+    if prepared is None:
+        config = overrides.apply(infer_config(name, first.inputs(), first.outputs()))
+    else:
+        config = prepared.config
+    pre = prepared.preprocess if prepared else None
     warmed = warm_up(runners, config)
     log.info(
         "model %s version %d: provider %s (available %s), %d instance(s) x %d threads, "
-        "max_batch_size %d, warmed at %s, inputs %s",
+        "max_batch_size %d, warmed at %s, inputs %s, preprocessing %s",
         name,
         version,
         first.provider,
@@ -125,6 +163,7 @@ def load_model(model_dir: Path, version: int, make_scheduler: SchedulerFactory) 
         config.max_batch_size,
         warmed,
         [(s.name, s.datatype, config.full_shape(s)) for s in config.inputs],
+        pre.spec if pre else None,
     )
     return ServedModel(
         config=config,
@@ -132,6 +171,7 @@ def load_model(model_dir: Path, version: int, make_scheduler: SchedulerFactory) 
         runners=runners,
         scheduler=make_scheduler(config, runners),
         labels=read_labels(model_dir),
+        preprocess=pre,
     )
 
 
@@ -160,7 +200,7 @@ class ModelRepository:
         version = versions[-1]
         try:
             served = await asyncio.to_thread(load_model, model_dir, version, self._make_scheduler)
-            await served.scheduler.start()
+            await served.start()
         except CnnserveError as exc:
             log.error("model %s version %d not loaded: %s", name, version, exc.message)
             return ModelEntry(name, ModelState.UNAVAILABLE, exc.message, versions)

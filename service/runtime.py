@@ -73,12 +73,16 @@ def default_intra_op_threads(instances: int) -> int:
 
 
 class OnnxRunner:
-    """One onnxruntime InferenceSession for one model version."""
+    """One onnxruntime InferenceSession for one model version.
+
+    `model_bytes`, when given, is the graph to run (e.g. with preprocessing spliced in);
+    `path` then only names it in messages."""
 
     def __init__(
         self,
         path: Path,
         *,
+        model_bytes: bytes | None = None,
         device: str = "auto",
         intra_op_threads: int | None = None,
         provider_options: Mapping[str, str] | None = None,
@@ -99,7 +103,8 @@ class OnnxRunner:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=providers)
+            source: str | bytes = model_bytes if model_bytes is not None else str(path)
+            self.session = ort.InferenceSession(source, options, providers=providers)
         except Exception as exc:  # onnxruntime raises many types for unreadable files
             raise ModelLoadError(f"onnxruntime cannot load {path.name}: {exc}") from exc
         self.providers: list[str] = list(self.session.get_providers())

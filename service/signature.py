@@ -10,9 +10,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+import onnx
+from onnx import helper
+
 from service.codec import RequestedOutput, TensorHeader
 from service.config import DEFAULT_MAX_BATCH_SIZE, ModelConfig, TensorSpec
-from service.datatypes import from_ort
+from service.datatypes import from_numpy, from_ort
 from service.errors import InvalidArgument, ModelLoadError
 
 
@@ -23,6 +27,31 @@ class OnnxTensor:
     name: str
     ort_type: str
     shape: tuple[int | str | None, ...]
+
+
+def onnx_signature(model: onnx.ModelProto) -> tuple[list[OnnxTensor], list[OnnxTensor]]:
+    """The graph's inputs and outputs as onnxruntime would report them (before a session)."""
+    initializers = {t.name for t in model.graph.initializer}
+
+    def describe(info: onnx.ValueInfoProto) -> OnnxTensor:
+        tensor_type = info.type.tensor_type
+        try:
+            dtype = helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
+            ort_type = from_numpy(np.dtype(dtype)).ort
+        except (KeyError, ValueError):
+            ort_type = f"onnx elem_type {tensor_type.elem_type}"
+        dims: list[int | str | None] = []
+        for dim in tensor_type.shape.dim:
+            if dim.HasField("dim_value") and dim.dim_value > 0:
+                dims.append(dim.dim_value)
+            elif dim.HasField("dim_param"):
+                dims.append(dim.dim_param)
+            else:
+                dims.append(None)
+        return OnnxTensor(info.name, ort_type, tuple(dims))
+
+    inputs = [describe(i) for i in model.graph.input if i.name not in initializers]
+    return inputs, [describe(o) for o in model.graph.output]
 
 
 def _is_variable(dim: int | str | None) -> bool:
@@ -82,6 +111,9 @@ def check_inputs(config: ModelConfig, headers: Sequence[TensorHeader]) -> int:
     batch_sizes: dict[str, int] = {}
     for spec in config.inputs:
         header = by_name[spec.name]
+        if header.datatype == "BYTES" and spec.name in config.encoded_inputs:
+            batch_sizes[spec.name] = _encoded_batch(config, spec, header)
+            continue
         if header.datatype != spec.datatype:
             raise InvalidArgument(
                 f"input '{spec.name}': expected datatype {spec.datatype}, got {header.datatype}"
@@ -111,6 +143,22 @@ def check_inputs(config: ModelConfig, headers: Sequence[TensorHeader]) -> int:
             f"model '{config.name}': inputs disagree on the batch size: {batch_sizes}"
         )
     return next(iter(batch_sizes.values()), 1)
+
+
+def _encoded_batch(config: ModelConfig, spec: TensorSpec, header: TensorHeader) -> int:
+    """Encoded images: one per batch row, shape [N] or [N, 1]."""
+    shape = header.shape
+    if len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1) or shape[0] < 1:
+        raise InvalidArgument(
+            f"input '{spec.name}': BYTES holds one encoded image per batch row, shape [N] or "
+            f"[N, 1]; got {list(shape)}"
+        )
+    if not config.batched and shape[0] != 1:
+        raise InvalidArgument(
+            f"input '{spec.name}': model '{config.name}' is unbatched; send one image, got "
+            f"{shape[0]}"
+        )
+    return shape[0]
 
 
 def select_outputs(config: ModelConfig, requested: Sequence[RequestedOutput]) -> tuple[str, ...]:

@@ -18,8 +18,8 @@ Stub = pb_grpc.GRPCInferenceServiceStub
 
 def good_request(rows: int = 1) -> pb.ModelInferRequest:
     request = pb.ModelInferRequest(model_name="digits")
-    request.inputs.add(name="image", datatype="FP32", shape=[rows, 1, 8, 8])
-    request.raw_input_contents.append(np.zeros((rows, 1, 8, 8), np.float32).tobytes())
+    request.inputs.add(name="image", datatype="UINT8", shape=[rows, 8, 8, 1])
+    request.raw_input_contents.append(np.zeros((rows, 8, 8, 1), np.uint8).tobytes())
     return request
 
 
@@ -38,8 +38,8 @@ def _set_shape(shape: list[int]) -> Callable[[pb.ModelInferRequest], None]:
 
 
 def _add_unexpected(request: pb.ModelInferRequest) -> None:
-    request.inputs.add(name="extra", datatype="FP32", shape=[1])
-    request.raw_input_contents.append(np.zeros(1, np.float32).tobytes())
+    request.inputs.add(name="extra", datatype="UINT8", shape=[1])
+    request.raw_input_contents.append(np.zeros(1, np.uint8).tobytes())
 
 
 def _rename(request: pb.ModelInferRequest) -> None:
@@ -47,8 +47,8 @@ def _rename(request: pb.ModelInferRequest) -> None:
 
 
 def _wrong_datatype(request: pb.ModelInferRequest) -> None:
-    request.inputs[0].datatype = "FP64"
-    request.raw_input_contents[0] = np.zeros((1, 1, 8, 8), np.float64).tobytes()
+    request.inputs[0].datatype = "FP32"
+    request.raw_input_contents[0] = np.zeros((1, 8, 8, 1), np.float32).tobytes()
 
 
 def _short_raw(request: pb.ModelInferRequest) -> None:
@@ -56,12 +56,12 @@ def _short_raw(request: pb.ModelInferRequest) -> None:
 
 
 def _mixed(request: pb.ModelInferRequest) -> None:
-    request.inputs[0].contents.fp32_contents.extend([0.0] * 64)
+    request.inputs[0].contents.uint_contents.extend([0] * 64)
 
 
 def _batch_zero(request: pb.ModelInferRequest) -> None:
     del request.inputs[0].shape[:]
-    request.inputs[0].shape.extend([0, 1, 8, 8])
+    request.inputs[0].shape.extend([0, 8, 8, 1])
     request.raw_input_contents[0] = b""
 
 
@@ -71,7 +71,7 @@ def _unknown_datatype(request: pb.ModelInferRequest) -> None:
 
 def _typed_count(request: pb.ModelInferRequest) -> None:
     del request.raw_input_contents[:]
-    request.inputs[0].contents.fp32_contents.extend([0.0] * 63)
+    request.inputs[0].contents.uint_contents.extend([0] * 63)
 
 
 def _unknown_output(request: pb.ModelInferRequest) -> None:
@@ -92,17 +92,18 @@ def _no_contents(request: pb.ModelInferRequest) -> None:
 
 
 def _negative_dim(request: pb.ModelInferRequest) -> None:
-    _set_shape([-1, 1, 8, 8])(request)
+    _set_shape([-1, 8, 8, 1])(request)
 
 
 CASES: list[tuple[str, Callable[[pb.ModelInferRequest], None], list[str]]] = [
     ("missing input", _rename, ["missing input", "image"]),
     ("unexpected input", _add_unexpected, ["unexpected input", "extra"]),
-    ("wrong datatype", _wrong_datatype, ["image", "FP32", "FP64"]),
+    ("wrong datatype", _wrong_datatype, ["image", "UINT8", "FP32"]),
     ("unknown datatype", _unknown_datatype, ["image", "FLOAT32"]),
     ("wrong rank", _set_shape([1, 8, 8]), ["image", "rank 4", "rank 3"]),
-    ("wrong dims", _set_shape([1, 1, 8, 7]), ["image", "[-1, 1, 8, 8]", "[1, 1, 8, 7]"]),
-    ("raw length", _short_raw, ["image", "252 bytes", "256 bytes"]),
+    ("wrong dims", _set_shape([1, 8, 7, 1]), ["image", "[-1, 8, 8, 1]", "[1, 8, 7, 1]"]),
+    ("wrong channel count", _set_shape([1, 8, 8, 3]), ["image", "[-1, 8, 8, 1]", "[1, 8, 8, 3]"]),
+    ("raw length", _short_raw, ["image", "60 bytes", "64 bytes"]),
     ("raw and typed mixed", _mixed, ["image", "mixed"]),
     ("typed element count", _typed_count, ["image", "64 elements", "63"]),
     ("batch of 0", _batch_zero, ["image", "batch of 0"]),
@@ -173,10 +174,10 @@ def test_garbage_message_bytes_are_refused(stub: Stub, example_server: ServerThr
 
 
 def test_typed_contents_are_accepted(stub: Stub) -> None:
-    image = np.random.default_rng(0).random((2, 1, 8, 8), dtype=np.float32)
+    image = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 1), dtype=np.uint8)
     typed = pb.ModelInferRequest(model_name="digits")
-    typed.inputs.add(name="image", datatype="FP32", shape=[2, 1, 8, 8])
-    typed.inputs[0].contents.fp32_contents.extend(image.reshape(-1).tolist())
+    typed.inputs.add(name="image", datatype="UINT8", shape=[2, 8, 8, 1])
+    typed.inputs[0].contents.uint_contents.extend(image.reshape(-1).tolist())
     raw = good_request(2)
     raw.raw_input_contents[0] = image.tobytes()
     assert stub.ModelInfer(typed).raw_output_contents == stub.ModelInfer(raw).raw_output_contents

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-import onnxruntime as ort
 import pytest
 import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
@@ -18,13 +17,14 @@ from export.data import digits_split
 from service.batcher import DynamicBatcher
 from service.v2 import grpc_service_pb2 as pb
 from service.v2 import grpc_service_pb2_grpc as pb_grpc
+from tests.digits import served_session
 from tests.serving import EXAMPLE_MODELS, GatedRunner, ServerThread, gated_scheduler, running_server
 
 MODEL_FILE = EXAMPLE_MODELS / "digits" / "1" / "model.onnx"
 
 
 def _input(array: np.ndarray) -> triton.InferInput:
-    tensor = triton.InferInput("image", list(array.shape), "FP32")
+    tensor = triton.InferInput("image", list(array.shape), "UINT8")
     tensor.set_data_from_numpy(np.ascontiguousarray(array))
     return tensor
 
@@ -38,8 +38,7 @@ def _scores(client: triton.InferenceServerClient, array: np.ndarray) -> np.ndarr
 
 def test_concurrent_requests_each_get_their_own_rows(example_server: ServerThread) -> None:
     split = digits_split()
-    session = ort.InferenceSession(str(MODEL_FILE), providers=["CPUExecutionProvider"])
-    reference = session.run(["probabilities"], {"image": split.test_x})[0]
+    reference = served_session().run(["probabilities"], {"image": split.test_x})[0]
     client = triton.InferenceServerClient(example_server.address)
     # 1..3 rows per request, plus requests larger than max_batch_size (64): split + reassembled.
     bounds = []
@@ -61,7 +60,7 @@ def test_concurrent_requests_each_get_their_own_rows(example_server: ServerThrea
 def test_one_bad_request_in_a_burst_fails_alone(example_server: ServerThread) -> None:
     client = triton.InferenceServerClient(example_server.address)
     good = np.ascontiguousarray(digits_split().test_x[:2])
-    bad = np.zeros((2, 1, 8, 9), np.float32)
+    bad = np.zeros((2, 8, 9, 1), np.uint8)
 
     def send(array: np.ndarray) -> object:
         try:
@@ -86,8 +85,8 @@ def test_model_config_rpc_for_tritonclient(example_server: ServerThread) -> None
     assert config["platform"] == "onnxruntime_onnx"
     assert config["max_batch_size"] == 64
     assert config["input"][0]["name"] == "image"
-    assert config["input"][0]["data_type"] == "TYPE_FP32"
-    assert config["input"][0]["dims"] == ["1", "8", "8"]
+    assert config["input"][0]["data_type"] == "TYPE_UINT8"
+    assert config["input"][0]["dims"] == ["8", "8", "1"]
     assert config["output"][0]["dims"] == ["10"]
     assert config["dynamic_batching"]["default_queue_policy"]["max_queue_size"] == 1024
     assert config["instance_group"][0]["kind"] == "KIND_CPU"
@@ -99,9 +98,10 @@ def gated_server(tmp_path: Path) -> Iterator[tuple[ServerThread, list[GatedRunne
     repo = tmp_path / "models"
     (repo / "digits" / "1").mkdir(parents=True)
     (repo / "digits" / "1" / "model.onnx").write_bytes(MODEL_FILE.read_bytes())
-    (repo / "digits" / "config.yaml").write_text(
-        "max_batch_size: 8\ndynamic_batching: {max_queue_size: 4}\n"
-    )
+    config = (MODEL_FILE.parent.parent / "config.yaml").read_text()
+    config = config.replace("max_batch_size: 64", "max_batch_size: 8")
+    config = config.replace("max_queue_size: 1024", "max_queue_size: 4")
+    (repo / "digits" / "config.yaml").write_text(config)
     gates: list[GatedRunner] = []
     with running_server(repo, make_scheduler=gated_scheduler(gates)) as server:
         # Warm-up ran on the real runners; the gates only see live traffic.
@@ -116,10 +116,10 @@ def _batcher(server: ServerThread) -> DynamicBatcher:
     return scheduler
 
 
-def _raw_request(rows: int, value: float) -> pb.ModelInferRequest:
+def _raw_request(rows: int, value: int) -> pb.ModelInferRequest:
     request = pb.ModelInferRequest(model_name="digits")
-    request.inputs.add(name="image", datatype="FP32", shape=[rows, 1, 8, 8])
-    request.raw_input_contents.append(np.full((rows, 1, 8, 8), value, np.float32).tobytes())
+    request.inputs.add(name="image", datatype="UINT8", shape=[rows, 8, 8, 1])
+    request.raw_input_contents.append(np.full((rows, 8, 8, 1), value, np.uint8).tobytes())
     return request
 
 
@@ -133,29 +133,29 @@ def test_timeout_queue_full_and_cancel_through_grpc(
     async def scenario() -> None:
         async with grpc.aio.insecure_channel(server.address) as channel:
             stub = pb_grpc.GRPCInferenceServiceStub(channel)
-            holder = asyncio.ensure_future(stub.ModelInfer(_raw_request(1, 0.0)))
+            holder = asyncio.ensure_future(stub.ModelInfer(_raw_request(1, 0)))
             await asyncio.to_thread(gate.entered.wait, 60)  # the only instance is busy
 
             # Triton's per-request `timeout` parameter (microseconds): expires in the queue.
-            timed = _raw_request(1, 0.5)
+            timed = _raw_request(1, 128)
             timed.parameters["timeout"].int64_param = 20_000
             with pytest.raises(grpc.aio.AioRpcError) as expired:
                 await stub.ModelInfer(timed)
             assert expired.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
 
             # A cancelled RPC is dropped before compute.
-            doomed = asyncio.ensure_future(stub.ModelInfer(_raw_request(2, 0.25)))
+            doomed = asyncio.ensure_future(stub.ModelInfer(_raw_request(2, 64)))
             await until_true(lambda: batcher.queued_rows == 2)
             doomed.cancel()
             await until_true(lambda: batcher.queued_rows == 0)
 
             # Queue full (4 rows): RESOURCE_EXHAUSTED at once; what was accepted completes.
             accepted = [
-                asyncio.ensure_future(stub.ModelInfer(_raw_request(2, 0.1))) for _ in range(2)
+                asyncio.ensure_future(stub.ModelInfer(_raw_request(2, 25))) for _ in range(2)
             ]
             await until_true(lambda: batcher.queued_rows == 4)
             with pytest.raises(grpc.aio.AioRpcError) as full:
-                await stub.ModelInfer(_raw_request(1, 0.1))
+                await stub.ModelInfer(_raw_request(1, 25))
             assert full.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
             gate.release()
@@ -179,7 +179,7 @@ async def until_true(condition: object, limit: int = 100_000) -> None:
 def test_bad_timeout_parameter_is_invalid_argument(example_server: ServerThread) -> None:
     with grpc.insecure_channel(example_server.address) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
-        request = _raw_request(1, 0.0)
+        request = _raw_request(1, 0)
         request.parameters["timeout"].string_param = "soon"
         with pytest.raises(grpc.RpcError) as caught:
             stub.ModelInfer(request)
@@ -191,6 +191,6 @@ def test_grpc_deadline_in_the_past_is_deadline_exceeded(example_server: ServerTh
     with grpc.insecure_channel(example_server.address) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         with pytest.raises(grpc.RpcError) as caught:
-            stub.ModelInfer(_raw_request(1, 0.0), timeout=0.000001)
+            stub.ModelInfer(_raw_request(1, 0), timeout=0.000001)
         assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        assert stub.ModelInfer(_raw_request(1, 0.0)).outputs[0].name == "probabilities"
+        assert stub.ModelInfer(_raw_request(1, 0)).outputs[0].name == "probabilities"

@@ -9,12 +9,11 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
-import onnxruntime as ort
 import pytest
 from PIL import Image
 
 from export.data import digits_split
+from tests.digits import served_session
 from tests.serving import EXAMPLE_MODELS, REPO_ROOT
 
 
@@ -47,14 +46,12 @@ def test_infer_command_prints_top_k(
 ) -> None:
     _, address = served_process
     split = digits_split()
-    session = ort.InferenceSession(str(EXAMPLE_MODELS / "digits" / "1" / "model.onnx"))
-    predicted = session.run(None, {"image": split.test_x[:20]})[0].argmax(axis=1)
+    predicted = served_session().run(None, {"image": split.test_x[:20]})[0].argmax(axis=1)
     chosen = [i for i in range(20) if predicted[i] == split.test_y[i]][:4]
     paths = []
-    for index in chosen:
+    for index in chosen:  # the file's bytes go to the server as they are
         path = tmp_path / f"digit{index}.png"
-        pixels = np.round(split.test_x[index, 0] * 255).astype(np.uint8)
-        Image.fromarray(pixels, mode="L").save(path)
+        Image.fromarray(split.test_x[index, :, :, 0]).save(path)
         paths.append(path)
     out = subprocess.run(
         [

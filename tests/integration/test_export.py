@@ -41,7 +41,7 @@ def test_export_train_writes_a_servable_entry(tmp_path: Path) -> None:
     with running_server(tmp_path) as server:
         client = triton.InferenceServerClient(server.address)
         x = np.ascontiguousarray(digits_split().test_x[:5])
-        tensor = triton.InferInput("image", list(x.shape), "FP32")
+        tensor = triton.InferInput("image", list(x.shape), "UINT8")
         tensor.set_data_from_numpy(x)
         scores = client.infer("tiny", [tensor]).as_numpy("probabilities")
         assert scores is not None and scores.shape == (5, 10)
