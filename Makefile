@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PORT ?= 8001
 MODEL_REPOSITORY ?= models
 
-.PHONY: run test lint typecheck protos check-protos export bench clean
+.PHONY: run test lint typecheck protos export bench clean prometheus
 
 $(VENV)/.serve: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,12 @@ $(VENV)/.dev: pyproject.toml $(VENV)/.serve
 run: $(VENV)/.serve
 	$(PY) -m service serve --model-repository $(MODEL_REPOSITORY) --port $(PORT)
 
-test: $(VENV)/.dev
+# Debian's prometheus package brings prometheus and promtool (the metrics tests run both).
+prometheus:
+	@command -v promtool >/dev/null 2>&1 || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
+
+test: $(VENV)/.dev prometheus
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy

@@ -45,6 +45,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="dynamic batching (env CNNSERVE_BATCHING); off runs each request alone",
     )
     serve.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(_env("METRICS_PORT", "8002")),
+        help="Prometheus /metrics HTTP port, 0 = any free port (env CNNSERVE_METRICS_PORT)",
+    )
+    serve.add_argument(
+        "--no-metrics", action="store_true", help="serve no metrics (for overhead comparison)"
+    )
+    serve.add_argument(
         "--grace-period",
         type=float,
         default=float(_env("GRACE_PERIOD", "30")),
@@ -74,6 +83,9 @@ async def _serve(settings: ServerSettings) -> None:
     await server.start()
     # The "listening on" line is read by tests and `make run` users: keep its format.
     print(f"cnnserve listening on {server.address}", flush=True)
+    if server.metrics_port is not None:
+        host = settings.host
+        print(f"  metrics on http://{host}:{server.metrics_port}/metrics", flush=True)
     for entry in server.repository.entries():
         state = entry.state.value + (f" ({entry.reason})" if entry.reason else "")
         served = entry.served
@@ -117,6 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             port=args.port,
             grace_period_s=args.grace_period,
             batching=args.batching == "on",
+            metrics_port=None if args.no_metrics else args.metrics_port,
         )
         with asyncio.Runner(loop_factory=loop_factory()) as runner:
             runner.run(_serve(settings))

@@ -22,9 +22,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -62,7 +63,21 @@ class BatchRecord:
     failed: bool
 
 
-BatchObserver = Callable[[BatchRecord], None]
+class BatchObserver(Protocol):
+    """Told about every executed batch and every request refused or dropped before compute
+    (metrics.ModelMetrics implements it)."""
+
+    def batch(self, record: BatchRecord) -> None: ...
+
+    def rejected(self, reason: str) -> None: ...
+
+
+# Rejection reasons (the `reason` label of cnnserve_rejections_total).
+QUEUE_FULL = "queue_full"
+TOO_LARGE = "too_large"
+DEADLINE = "deadline"
+CANCELLED = "cancelled"
+SHUTTING_DOWN = "shutting_down"
 
 
 @dataclass(eq=False)
@@ -189,18 +204,22 @@ class DynamicBatcher:
         deadline: float | None,
     ) -> Arrays:
         if self._dispatcher is None or self._closing:
+            self._reject(SHUTTING_DOWN)
             raise Unavailable(f"model '{self._name}' is not accepting requests (shutting down)")
         loop = asyncio.get_running_loop()
         now = loop.time()
         if deadline is not None and now >= deadline:
+            self._reject(DEADLINE)
             raise DeadlineExceeded("the request's deadline passed before it was queued")
         rows = batch_size if self.policy.merge else 1
         if rows > self.policy.max_queue_size:
+            self._reject(TOO_LARGE)
             raise InvalidArgument(
                 f"request has {rows} rows, more than model '{self._name}' can ever queue "
                 f"(max_queue_size {self.policy.max_queue_size} rows)"
             )
         if self._queued_rows + rows > self.policy.max_queue_size:
+            self._reject(QUEUE_FULL)
             raise ResourceExhausted(
                 f"model '{self._name}' queue is full ({self._queued_rows} of "
                 f"{self.policy.max_queue_size} rows waiting); retry later"
@@ -223,6 +242,7 @@ class DynamicBatcher:
             return await pending.future
         except asyncio.CancelledError:
             self._abandon(pending)  # the client went away (awaiting cancelled the future)
+            self._reject(CANCELLED)
             raise
         finally:
             if timer is not None:
@@ -234,6 +254,11 @@ class DynamicBatcher:
             return
         pending.fail(DeadlineExceeded("the request's deadline passed while it waited in the queue"))
         self._forget(pending)
+        self._reject(DEADLINE)
+
+    def _reject(self, reason: str) -> None:
+        if self._observer is not None:
+            self._observer.rejected(reason)
 
     def _abandon(self, pending: _Pending) -> None:
         """The client is gone: rows not yet handed out are never computed."""
@@ -258,6 +283,7 @@ class DynamicBatcher:
                 pass
             elif head.deadline is not None and now >= head.deadline:
                 head.fail(DeadlineExceeded("the request's deadline passed before compute"))
+                self._reject(DEADLINE)
             else:
                 return
             self._queue.popleft()
@@ -371,7 +397,7 @@ class DynamicBatcher:
             self._idle.append(runner)
             self._wakeup.set()
         if self._observer is not None:
-            self._observer(
+            self._observer.batch(
                 BatchRecord(
                     rows=sum(p.rows for p in batch),
                     requests=len(batch),

@@ -296,6 +296,7 @@ class ServerSettings:
     port: int = 8001
     grace_period_s: float = 30.0
     batching: bool = True  # False: every request runs alone, as sent (for comparison)
+    metrics_port: int | None = 8002  # Prometheus /metrics; 0 = any free port; None = off
 
     @staticmethod
     def env_default(name: str, default: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -24,6 +25,8 @@ from service.codec import (
     set_parameter,
 )
 from service.errors import CnnserveError, InvalidArgument
+from service.metrics import UNKNOWN_MODEL, Metrics, ModelStats
+from service.model import ServedModel
 from service.repository import ModelRepository
 from service.triton_config import model_config_message
 from service.v2 import grpc_service_pb2 as pb
@@ -39,7 +42,12 @@ Handler = Callable[["InferenceServicer", Req, Context], Awaitable[Resp]]
 SERVER_NAME = "cnnserve"
 # Triton's schedule-policy extension: a per-request timeout in microseconds.
 TIMEOUT_PARAMETER = "timeout"
-EXTENSIONS: tuple[str, ...] = ("model_configuration", "schedule_policy")
+EXTENSIONS: tuple[str, ...] = (
+    "classification",
+    "model_configuration",
+    "schedule_policy",
+    "statistics",
+)
 
 
 def request_deadline(
@@ -65,6 +73,23 @@ def request_deadline(
     if not budgets:
         return None
     return asyncio.get_running_loop().time() + min(budgets)
+
+
+def statistics_message(stats: ModelStats, message: pb.ModelStatistics) -> None:
+    """Fill Triton's ModelStatistics from the same observations as the Prometheus metrics."""
+    with stats.lock:
+        message.last_inference = stats.last_inference_ms
+        message.inference_count = stats.inference_count
+        message.execution_count = stats.execution_count
+        totals = message.inference_stats
+        for field_name in ("success", "fail", "queue", "compute_infer"):
+            duration = getattr(stats, field_name)
+            target = getattr(totals, field_name)
+            target.count, target.ns = duration.count, duration.ns
+        for size, batch in sorted(stats.batches.items()):
+            entry = message.batch_stats.add(batch_size=size)
+            entry.compute_infer.count = batch.compute_infer.count
+            entry.compute_infer.ns = batch.compute_infer.ns
 
 
 class UndecodableRequest:
@@ -106,9 +131,16 @@ def _boundary(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, repository: ModelRepository, *, is_ready: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        repository: ModelRepository,
+        *,
+        is_ready: Callable[[], bool],
+        metrics: Metrics | None = None,
+    ) -> None:
         self._repository = repository
         self._is_ready = is_ready
+        self._metrics = metrics
 
     @_boundary
     async def ServerLive(
@@ -171,20 +203,64 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: Context
     ) -> pb.ModelInferResponse:
-        model = self._repository.get(request.model_name, request.model_version)
-        decoded = decode_infer_request(request, model.check_headers)
-        deadline = request_deadline(
-            context.time_remaining(),
-            decoded.parameters.get(TIMEOUT_PARAMETER),
-            model.config.dynamic_batching.default_timeout_us,
-        )
-        outputs = await model.infer(decoded, deadline=deadline)
-        return encode_infer_response(
-            model_name=model.name,
-            model_version=str(model.version),
-            request_id=decoded.id,
-            outputs=outputs,
-        )
+        started = time.monotonic()
+        model: ServedModel | None = None
+        rows = 0
+        code = grpc.StatusCode.INTERNAL
+        try:
+            model = self._repository.get(request.model_name, request.model_version)
+            decoded = decode_infer_request(request, model.check_headers)
+            rows = decoded.batch_size
+            deadline = request_deadline(
+                context.time_remaining(),
+                decoded.parameters.get(TIMEOUT_PARAMETER),
+                model.config.dynamic_batching.default_timeout_us,
+            )
+            outputs = await model.infer(decoded, deadline=deadline)
+            response = encode_infer_response(
+                model_name=model.name,
+                model_version=str(model.version),
+                request_id=decoded.id,
+                outputs=outputs,
+            )
+            code = grpc.StatusCode.OK
+            return response
+        except CnnserveError as exc:
+            code = exc.code
+            raise
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        finally:
+            self._record(model, code, rows, time.monotonic() - started)
+
+    def _record(
+        self, model: ServedModel | None, code: grpc.StatusCode, rows: int, seconds: float
+    ) -> None:
+        if self._metrics is None:
+            return
+        # Unknown model names are not labels (a client could grow the series without bound).
+        name, version = (model.name, str(model.version)) if model else (UNKNOWN_MODEL, "")
+        self._metrics.request_finished(name, version, code.name, seconds)
+        if model is not None and model.metrics is not None:
+            model.metrics.finished(code == grpc.StatusCode.OK, rows, seconds)
+
+    @_boundary
+    async def ModelStatistics(
+        self, request: pb.ModelStatisticsRequest, context: Context
+    ) -> pb.ModelStatisticsResponse:
+        if request.name:
+            self._repository.get(request.name, request.version)  # NOT_FOUND if unknown
+        response = pb.ModelStatisticsResponse()
+        if self._metrics is None:
+            return response
+        for (name, version), stats in sorted(self._metrics.all_stats().items()):
+            if request.name and name != request.name:
+                continue
+            if request.version and version != request.version:
+                continue
+            statistics_message(stats, response.model_stats.add(name=name, version=version))
+        return response
 
 
 def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:

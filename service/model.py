@@ -21,6 +21,7 @@ from service.codec import DecodedRequest, RequestedOutput, TensorHeader
 from service.config import ModelConfig
 from service.errors import InvalidArgument
 from service.images import decode_batch
+from service.metrics import ModelMetrics
 from service.preprocess import BoundPreprocess
 from service.runtime import OnnxRunner
 from service.scheduler import Scheduler
@@ -37,6 +38,7 @@ class ServedModel:
     scheduler: Scheduler
     labels: tuple[str, ...] = ()
     preprocess: BoundPreprocess | None = None
+    metrics: ModelMetrics | None = None
     _decoder: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
 
     @property
@@ -76,9 +78,12 @@ class ServedModel:
             assert self._decoder is not None
             images = inputs[pre.input_name].reshape(-1)
             loop = asyncio.get_running_loop()
+            started = loop.time()
             inputs[pre.input_name] = await loop.run_in_executor(
                 self._decoder, decode_batch, pre, list(images)
             )
+            if self.metrics is not None:
+                self.metrics.decoded(loop.time() - started)
         results = await self.scheduler.submit(
             inputs, names, batch_size=request.batch_size, deadline=deadline
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -18,9 +19,10 @@ from pathlib import Path
 
 import onnx
 
-from service.batcher import BatchPolicy, DynamicBatcher
+from service.batcher import BatchObserver, BatchPolicy, DynamicBatcher
 from service.config import ModelConfig, ModelOverrides, load_model_overrides
 from service.errors import CnnserveError, ModelLoadError, NotFound, Unavailable
+from service.metrics import Metrics
 from service.model import ServedModel
 from service.preprocess import BoundPreprocess, attach, bind, parse_preprocessing
 from service.runtime import OnnxRunner, default_intra_op_threads
@@ -36,7 +38,7 @@ LABELS_FILE = "labels.txt"
 # Model names become folder names: refuse anything that could leave the repository root.
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
-SchedulerFactory = Callable[[ModelConfig, Sequence[OnnxRunner]], Scheduler]
+SchedulerFactory = Callable[[ModelConfig, Sequence[OnnxRunner], BatchObserver | None], Scheduler]
 
 
 def batch_policy(config: ModelConfig, *, batching: bool = True) -> BatchPolicy:
@@ -54,8 +56,12 @@ def batch_policy(config: ModelConfig, *, batching: bool = True) -> BatchPolicy:
 
 
 def scheduler_factory(*, batching: bool = True) -> SchedulerFactory:
-    def make(config: ModelConfig, runners: Sequence[OnnxRunner]) -> Scheduler:
-        return DynamicBatcher(runners, batch_policy(config, batching=batching), name=config.name)
+    def make(
+        config: ModelConfig, runners: Sequence[OnnxRunner], observer: BatchObserver | None
+    ) -> Scheduler:
+        return DynamicBatcher(
+            runners, batch_policy(config, batching=batching), name=config.name, observer=observer
+        )
 
     return make
 
@@ -123,8 +129,14 @@ def preprocessed_graph(name: str, path: Path, overrides: ModelOverrides) -> Prep
     return PreprocessedGraph(config, pre, graph)
 
 
-def load_model(model_dir: Path, version: int, make_scheduler: SchedulerFactory) -> ServedModel:
+def load_model(
+    model_dir: Path,
+    version: int,
+    make_scheduler: SchedulerFactory,
+    metrics: Metrics | None = None,
+) -> ServedModel:
     """Blocking: build the sessions and config, warm up. Call from a thread."""
+    started = time.monotonic()
     name = model_dir.name
     overrides = load_model_overrides(name, model_dir / CONFIG_FILE)
     path = model_dir / str(version) / MODEL_FILE
@@ -165,20 +177,38 @@ def load_model(model_dir: Path, version: int, make_scheduler: SchedulerFactory) 
         [(s.name, s.datatype, config.full_shape(s)) for s in config.inputs],
         pre.spec if pre else None,
     )
+    model_metrics = metrics.for_model(name, str(version)) if metrics is not None else None
+    scheduler = make_scheduler(config, runners, model_metrics)
+    if model_metrics is not None:
+        if isinstance(scheduler, DynamicBatcher):
+            batcher = scheduler
+            model_metrics.track_queue(
+                lambda: batcher.queued_rows,
+                lambda: batcher.busy_instances,
+                batcher.policy.max_queue_size,
+            )
+        model_metrics.loaded(time.monotonic() - started)
     return ServedModel(
         config=config,
         version=version,
         runners=runners,
-        scheduler=make_scheduler(config, runners),
+        scheduler=scheduler,
         labels=read_labels(model_dir),
         preprocess=pre,
+        metrics=model_metrics,
     )
 
 
 class ModelRepository:
-    def __init__(self, root: Path, make_scheduler: SchedulerFactory = default_scheduler) -> None:
+    def __init__(
+        self,
+        root: Path,
+        make_scheduler: SchedulerFactory = default_scheduler,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.root = root.resolve()
         self._make_scheduler = make_scheduler
+        self.metrics = metrics
         self._entries: dict[str, ModelEntry] = {}
 
     async def load_all(self) -> None:
@@ -199,10 +229,14 @@ class ModelRepository:
             return ModelEntry(name, ModelState.UNAVAILABLE, reason, versions)
         version = versions[-1]
         try:
-            served = await asyncio.to_thread(load_model, model_dir, version, self._make_scheduler)
+            served = await asyncio.to_thread(
+                load_model, model_dir, version, self._make_scheduler, self.metrics
+            )
             await served.start()
         except CnnserveError as exc:
             log.error("model %s version %d not loaded: %s", name, version, exc.message)
+            if self.metrics is not None:
+                self.metrics.model_ready.labels(name, str(version)).set(0)
             return ModelEntry(name, ModelState.UNAVAILABLE, exc.message, versions)
         return ModelEntry(name, ModelState.READY, "", versions, served)
 

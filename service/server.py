@@ -8,15 +8,19 @@ in-flight ones finish within the grace period, drain schedulers, release runtime
 from __future__ import annotations
 
 import logging
+import threading
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 from google.protobuf import descriptor_pool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry, start_http_server
 
 from service.config import ServerSettings
 from service.grpc_api import InferenceServicer, add_to_server
+from service.metrics import Metrics, register_gpu_memory
 from service.repository import ModelRepository, SchedulerFactory, scheduler_factory
 from service.v2 import POOL
 from service.v2 import grpc_service_pb2 as pb
@@ -36,13 +40,26 @@ def _reflection_pool() -> descriptor_pool.DescriptorPool:
 
 class CnnserveServer:
     def __init__(
-        self, settings: ServerSettings, make_scheduler: SchedulerFactory | None = None
+        self,
+        settings: ServerSettings,
+        make_scheduler: SchedulerFactory | None = None,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         self.settings = settings
+        # Metrics are off only when asked (--no-metrics); the registry is injected so tests
+        # and embedders can read it without a process-wide global.
+        self.metrics: Metrics | None = None
+        if settings.metrics_port is not None:
+            self.metrics = Metrics(registry if registry is not None else CollectorRegistry())
+            register_gpu_memory(self.metrics.registry)
         self.repository = ModelRepository(
             settings.model_repository,
             make_scheduler or scheduler_factory(batching=settings.batching),
+            self.metrics,
         )
+        self._metrics_http: WSGIServer | None = None
+        self._metrics_thread: threading.Thread | None = None
+        self.metrics_port: int | None = None
         self.health = HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._ready = False
@@ -58,7 +75,10 @@ class CnnserveServer:
     async def start(self) -> None:
         await self.repository.load_all()
         server = grpc.aio.server()
-        add_to_server(InferenceServicer(self.repository, is_ready=self.is_ready), server)
+        add_to_server(
+            InferenceServicer(self.repository, is_ready=self.is_ready, metrics=self.metrics),
+            server,
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (
@@ -74,6 +94,12 @@ class CnnserveServer:
             raise OSError(f"cannot bind {self.settings.host}:{self.settings.port}")
         await server.start()
         self._server = server
+        if self.metrics is not None and self.settings.metrics_port is not None:
+            http, thread = start_http_server(
+                self.settings.metrics_port, self.settings.host, registry=self.metrics.registry
+            )
+            self._metrics_http, self._metrics_thread = http, thread
+            self.metrics_port = http.server_port
         await self._publish_health()
         self._ready = True
         log.info("cnnserve listening on %s", self.address)
@@ -91,3 +117,9 @@ class CnnserveServer:
             await self._server.stop(self.settings.grace_period_s)
             self._server = None
         await self.repository.aclose()
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+            self._metrics_http.server_close()
+            if self._metrics_thread is not None:
+                self._metrics_thread.join(timeout=5)
+            self._metrics_http = None

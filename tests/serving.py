@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from service.batcher import DynamicBatcher
+from service.batcher import BatchObserver, DynamicBatcher
 from service.config import ModelConfig, ServerSettings
 from service.eventloop import loop_factory
 from service.repository import SchedulerFactory, batch_policy
@@ -66,7 +66,11 @@ def running_server(
     grace_period_s: float = 5.0,
 ) -> Iterator[ServerThread]:
     settings = ServerSettings(
-        model_repository=repository, host="127.0.0.1", port=0, grace_period_s=grace_period_s
+        model_repository=repository,
+        host="127.0.0.1",
+        port=0,
+        grace_period_s=grace_period_s,
+        metrics_port=0,
     )
     handle = ServerThread(CnnserveServer(settings, make_scheduler))
     handle.start()
@@ -100,9 +104,11 @@ class GatedRunner:
 def gated_scheduler(gates: list[GatedRunner]) -> SchedulerFactory:
     """A scheduler factory whose runners are gated; the gates are appended to `gates`."""
 
-    def make(config: ModelConfig, runners: Sequence[OnnxRunner]) -> Scheduler:
+    def make(
+        config: ModelConfig, runners: Sequence[OnnxRunner], observer: BatchObserver | None
+    ) -> Scheduler:
         wrapped = [GatedRunner(runner) for runner in runners]
         gates.extend(wrapped)
-        return DynamicBatcher(wrapped, batch_policy(config), name=config.name)
+        return DynamicBatcher(wrapped, batch_policy(config), name=config.name, observer=observer)
 
     return make

@@ -69,6 +69,11 @@ class GRPCInferenceServiceStub:
                 request_serializer=service_dot_v2_dot_grpc__service__pb2.ModelConfigRequest.SerializeToString,
                 response_deserializer=service_dot_v2_dot_grpc__service__pb2.ModelConfigResponse.FromString,
                 _registered_method=True)
+        self.ModelStatistics = channel.unary_unary(
+                '/inference.GRPCInferenceService/ModelStatistics',
+                request_serializer=service_dot_v2_dot_grpc__service__pb2.ModelStatisticsRequest.SerializeToString,
+                response_deserializer=service_dot_v2_dot_grpc__service__pb2.ModelStatisticsResponse.FromString,
+                _registered_method=True)
 
 
 class GRPCInferenceServiceServicer:
@@ -117,6 +122,13 @@ class GRPCInferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ModelStatistics(self, request, context):
+        """Triton extension: cumulative statistics per model version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GRPCInferenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -154,6 +166,11 @@ def add_GRPCInferenceServiceServicer_to_server(servicer, server):
                     servicer.ModelConfig,
                     request_deserializer=service_dot_v2_dot_grpc__service__pb2.ModelConfigRequest.FromString,
                     response_serializer=service_dot_v2_dot_grpc__service__pb2.ModelConfigResponse.SerializeToString,
+            ),
+            'ModelStatistics': grpc.unary_unary_rpc_method_handler(
+                    servicer.ModelStatistics,
+                    request_deserializer=service_dot_v2_dot_grpc__service__pb2.ModelStatisticsRequest.FromString,
+                    response_serializer=service_dot_v2_dot_grpc__service__pb2.ModelStatisticsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -345,6 +362,33 @@ class GRPCInferenceService:
             '/inference.GRPCInferenceService/ModelConfig',
             service_dot_v2_dot_grpc__service__pb2.ModelConfigRequest.SerializeToString,
             service_dot_v2_dot_grpc__service__pb2.ModelConfigResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ModelStatistics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.GRPCInferenceService/ModelStatistics',
+            service_dot_v2_dot_grpc__service__pb2.ModelStatisticsRequest.SerializeToString,
+            service_dot_v2_dot_grpc__service__pb2.ModelStatisticsResponse.FromString,
             options,
             channel_credentials,
             insecure,

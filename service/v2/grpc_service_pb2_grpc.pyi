@@ -44,6 +44,8 @@ class GRPCInferenceServiceStub:
     ModelInfer: _grpc.UnaryUnaryMultiCallable[_grpc_service_pb2.ModelInferRequest, _grpc_service_pb2.ModelInferResponse]
     ModelConfig: _grpc.UnaryUnaryMultiCallable[_grpc_service_pb2.ModelConfigRequest, _grpc_service_pb2.ModelConfigResponse]
     """Triton extension: the model's configuration (read by perf_analyzer)."""
+    ModelStatistics: _grpc.UnaryUnaryMultiCallable[_grpc_service_pb2.ModelStatisticsRequest, _grpc_service_pb2.ModelStatisticsResponse]
+    """Triton extension: cumulative statistics per model version."""
 
 @_typing.type_check_only
 class GRPCInferenceServiceAsyncStub(GRPCInferenceServiceStub):
@@ -56,6 +58,8 @@ class GRPCInferenceServiceAsyncStub(GRPCInferenceServiceStub):
     ModelInfer: _aio.UnaryUnaryMultiCallable[_grpc_service_pb2.ModelInferRequest, _grpc_service_pb2.ModelInferResponse]  # type: ignore[assignment]
     ModelConfig: _aio.UnaryUnaryMultiCallable[_grpc_service_pb2.ModelConfigRequest, _grpc_service_pb2.ModelConfigResponse]  # type: ignore[assignment]
     """Triton extension: the model's configuration (read by perf_analyzer)."""
+    ModelStatistics: _aio.UnaryUnaryMultiCallable[_grpc_service_pb2.ModelStatisticsRequest, _grpc_service_pb2.ModelStatisticsResponse]  # type: ignore[assignment]
+    """Triton extension: cumulative statistics per model version."""
 
 class GRPCInferenceServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -107,5 +111,13 @@ class GRPCInferenceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_grpc_service_pb2.ModelConfigResponse, _abc.Awaitable[_grpc_service_pb2.ModelConfigResponse]]:
         """Triton extension: the model's configuration (read by perf_analyzer)."""
+
+    @_abc_1.abstractmethod
+    def ModelStatistics(
+        self,
+        request: _grpc_service_pb2.ModelStatisticsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_grpc_service_pb2.ModelStatisticsResponse, _abc.Awaitable[_grpc_service_pb2.ModelStatisticsResponse]]:
+        """Triton extension: cumulative statistics per model version."""
 
 def add_GRPCInferenceServiceServicer_to_server(servicer: GRPCInferenceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -73,8 +73,22 @@ async def until(condition: object, limit: int = 10_000) -> None:
     raise AssertionError("condition never held")
 
 
+class Recorder:
+    """A BatchObserver that keeps what it is told."""
+
+    def __init__(self) -> None:
+        self.records: list[BatchRecord] = []
+        self.rejections: list[str] = []
+
+    def batch(self, record: BatchRecord) -> None:
+        self.records.append(record)
+
+    def rejected(self, reason: str) -> None:
+        self.rejections.append(reason)
+
+
 async def make(
-    runners: Sequence[FakeRunner], records: list[BatchRecord] | None = None, **policy: object
+    runners: Sequence[FakeRunner], recorder: Recorder | None = None, **policy: object
 ) -> DynamicBatcher:
     loop = asyncio.get_running_loop()
     for runner in runners:
@@ -83,7 +97,7 @@ async def make(
     batcher = DynamicBatcher(
         runners,
         BatchPolicy(**settings),  # type: ignore[arg-type]
-        observer=records.append if records is not None else None,
+        observer=recorder,
     )
     await batcher.start()
     return batcher
@@ -162,8 +176,8 @@ async def test_queue_delay_is_cut_short_by_a_full_batch() -> None:
 
 async def test_thousand_mixed_requests_get_exactly_their_rows() -> None:
     runners = [FakeRunner(), FakeRunner()]
-    records: list[BatchRecord] = []
-    batcher = await make(runners, records, max_batch_size=8, max_queue_size=100_000)
+    recorder = Recorder()
+    batcher = await make(runners, recorder, max_batch_size=8, max_queue_size=100_000)
     rng = np.random.default_rng(7)
     sizes = [int(n) for n in rng.integers(1, 4, size=1000)]
     for index in range(0, 1000, 97):
@@ -178,7 +192,7 @@ async def test_thousand_mixed_requests_get_exactly_their_rows() -> None:
     assert max(seen) <= 8
     assert sum(seen) == sum(sizes)
     assert max(seen) > 1, "no batch ever formed under concurrency"
-    assert sum(record.rows for record in records) == sum(sizes)
+    assert sum(record.rows for record in recorder.records) == sum(sizes)
     await batcher.aclose()
 
 
@@ -319,8 +333,8 @@ async def test_observer_sees_batch_sizes_and_queue_waits(
     gated: tuple[FakeRunner, DynamicBatcher],
 ) -> None:
     runner = FakeRunner(gated=True)
-    records: list[BatchRecord] = []
-    batcher = await make([runner], records)
+    recorder = Recorder()
+    batcher = await make([runner], recorder)
     first = asyncio.create_task(submit(batcher, rows(1)))
     await runner.started.wait()
     queued = [asyncio.create_task(submit(batcher, rows(1))) for _ in range(4)]
@@ -328,7 +342,7 @@ async def test_observer_sees_batch_sizes_and_queue_waits(
     runner.release()
     await asyncio.gather(first, *queued)
     await batcher.aclose()
-    assert [r.rows for r in records] == [1, 4]
-    assert [r.requests for r in records] == [1, 4]
-    assert all(wait >= 0 for r in records for wait in r.queue_waits_s)
-    assert not any(r.failed for r in records)
+    assert [r.rows for r in recorder.records] == [1, 4]
+    assert [r.requests for r in recorder.records] == [1, 4]
+    assert all(wait >= 0 for r in recorder.records for wait in r.queue_waits_s)
+    assert not any(r.failed for r in recorder.records)

@@ -1,0 +1,255 @@
+"""Every Prometheus metric, defined once, on an injected registry.
+
+Names are prefixed `cnnserve_`, in base units (seconds), labelled by `model` and `version`
+(plus `code` or `reason` where it applies; never request ids). Requests for model names
+the server does not serve are counted under model="" so a client cannot grow the label set.
+The same observations feed Triton's ModelStatistics RPC (`ModelStats`), so Prometheus and
+tritonclient users see the same numbers.
+
+Histogram buckets resolve 100 us to 10 s (durations) and the powers of two up to 1024
+(batch sizes; any max_batch_size up to 1024 gets its own buckets).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+from prometheus_client.core import GaugeMetricFamily
+
+from service.batcher import BatchRecord
+
+DURATION_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+    0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+BATCH_BUCKETS = tuple(float(2**i) for i in range(11))  # 1 .. 1024
+UNKNOWN_MODEL = ""
+
+
+@dataclass
+class Duration:
+    """Triton's StatisticDuration: a count and a total in nanoseconds."""
+
+    count: int = 0
+    ns: int = 0
+
+    def add(self, seconds: float) -> None:
+        self.count += 1
+        self.ns += int(seconds * 1e9)
+
+
+@dataclass
+class BatchStats:
+    compute_infer: Duration = field(default_factory=Duration)
+
+
+@dataclass
+class ModelStats:
+    """Cumulative statistics of one model version, as Triton's ModelStatistics reports them."""
+
+    last_inference_ms: int = 0
+    inference_count: int = 0  # rows of successful requests
+    execution_count: int = 0  # batches run
+    success: Duration = field(default_factory=Duration)
+    fail: Duration = field(default_factory=Duration)
+    queue: Duration = field(default_factory=Duration)
+    compute_infer: Duration = field(default_factory=Duration)
+    batches: dict[int, BatchStats] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry, *, process: bool = True) -> None:
+        self.registry = registry
+        labels = ("model", "version")
+        self.request_duration = Histogram(
+            "cnnserve_request_duration_seconds",
+            "ModelInfer time on the server, from receipt to response, by gRPC status code",
+            (*labels, "code"),
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.queue_duration = Histogram(
+            "cnnserve_queue_duration_seconds",
+            "Time a request waited in the batcher queue, from enqueue to the start of its batch",
+            labels,
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.compute_duration = Histogram(
+            "cnnserve_compute_duration_seconds",
+            "onnxruntime time per batch (including the in-graph preprocessing)",
+            labels,
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.decode_duration = Histogram(
+            "cnnserve_decode_duration_seconds",
+            "Time to decode and resize a request's encoded images (outside the model graph)",
+            labels,
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.batch_size = Histogram(
+            "cnnserve_batch_size",
+            "Rows per executed batch",
+            labels,
+            buckets=BATCH_BUCKETS,
+            registry=registry,
+        )
+        self.queue_depth = Gauge(
+            "cnnserve_queue_depth", "Rows waiting in the batcher queue", labels, registry=registry
+        )
+        self.queue_capacity = Gauge(
+            "cnnserve_queue_capacity",
+            "Rows the batcher queue holds before refusing (max_queue_size)",
+            labels,
+            registry=registry,
+        )
+        self.inflight_batches = Gauge(
+            "cnnserve_inflight_batches",
+            "Batches running in onnxruntime now",
+            labels,
+            registry=registry,
+        )
+        self.rejections = Counter(
+            "cnnserve_rejections_total",
+            "Requests refused or dropped before compute, by reason",
+            (*labels, "reason"),
+            registry=registry,
+        )
+        self.model_ready = Gauge(
+            "cnnserve_model_ready",
+            "1 if the model version serves, else 0",
+            labels,
+            registry=registry,
+        )
+        self.model_load_duration = Gauge(
+            "cnnserve_model_load_duration_seconds",
+            "Time to load and warm up the model version",
+            labels,
+            registry=registry,
+        )
+        if process:
+            ProcessCollector(registry=registry)
+            PlatformCollector(registry=registry)
+        self._stats: dict[tuple[str, str], ModelStats] = {}
+
+    def stats(self, model: str, version: str) -> ModelStats:
+        key = (model, version)
+        found = self._stats.get(key)
+        if found is None:
+            found = self._stats[key] = ModelStats()
+        return found
+
+    def all_stats(self) -> dict[tuple[str, str], ModelStats]:
+        return dict(self._stats)
+
+    def for_model(self, model: str, version: str) -> ModelMetrics:
+        return ModelMetrics(self, model, version)
+
+    def request_finished(self, model: str, version: str, code: str, seconds: float) -> None:
+        self.request_duration.labels(model, version, code).observe(seconds)
+
+
+class ModelMetrics:
+    """The metrics of one model version, with its labels bound (what the batcher calls)."""
+
+    def __init__(self, metrics: Metrics, model: str, version: str) -> None:
+        self.metrics = metrics
+        self.model = model
+        self.version = version
+        self.stats = metrics.stats(model, version)
+        self._queue_wait = metrics.queue_duration.labels(model, version)
+        self._compute = metrics.compute_duration.labels(model, version)
+        self._batch_size = metrics.batch_size.labels(model, version)
+        self._decode = metrics.decode_duration.labels(model, version)
+
+    def track_queue(
+        self, depth: Callable[[], float], inflight: Callable[[], float], capacity: int
+    ) -> None:
+        """Gauges read at scrape time: no cost per request."""
+        self.metrics.queue_capacity.labels(self.model, self.version).set(capacity)
+        self.metrics.queue_depth.labels(self.model, self.version).set_function(depth)
+        self.metrics.inflight_batches.labels(self.model, self.version).set_function(inflight)
+
+    def batch(self, record: BatchRecord) -> None:
+        """Queue wait (enqueue -> batch start), compute time and size of one executed batch."""
+        self._batch_size.observe(record.rows)
+        self._compute.observe(record.compute_s)
+        for wait in record.queue_waits_s:
+            self._queue_wait.observe(wait)
+        stats = self.stats
+        with stats.lock:
+            stats.execution_count += 1
+            stats.compute_infer.add(record.compute_s)
+            for wait in record.queue_waits_s:
+                stats.queue.add(wait)
+            batch = stats.batches.setdefault(record.rows, BatchStats())
+            batch.compute_infer.add(record.compute_s)
+
+    def rejected(self, reason: str) -> None:
+        self.metrics.rejections.labels(self.model, self.version, reason).inc()
+
+    def decoded(self, seconds: float) -> None:
+        self._decode.observe(seconds)
+
+    def finished(self, ok: bool, rows: int, seconds: float) -> None:
+        stats = self.stats
+        with stats.lock:
+            if ok:
+                stats.success.add(seconds)
+                stats.inference_count += rows
+                stats.last_inference_ms = int(time.time() * 1000)  # wall clock: Triton's field
+            else:
+                stats.fail.add(seconds)
+
+    def loaded(self, seconds: float) -> None:
+        self.metrics.model_load_duration.labels(self.model, self.version).set(seconds)
+        self.metrics.model_ready.labels(self.model, self.version).set(1)
+
+
+class GpuMemoryCollector:
+    """cnnserve_gpu_memory_{used,total}_bytes per GPU, read through NVML at scrape time."""
+
+    def __init__(self, nvml: Any) -> None:
+        self._nvml = nvml
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        used = GaugeMetricFamily(
+            "cnnserve_gpu_memory_used_bytes", "GPU memory in use (NVML)", labels=["gpu"]
+        )
+        total = GaugeMetricFamily(
+            "cnnserve_gpu_memory_total_bytes", "GPU memory size (NVML)", labels=["gpu"]
+        )
+        nvml = self._nvml
+        for index in range(nvml.nvmlDeviceGetCount()):
+            info = nvml.nvmlDeviceGetMemoryInfo(nvml.nvmlDeviceGetHandleByIndex(index))
+            used.add_metric([str(index)], float(info.used))
+            total.add_metric([str(index)], float(info.total))
+        yield used
+        yield total
+
+
+def register_gpu_memory(registry: CollectorRegistry) -> bool:
+    """Add the GPU memory collector when NVML answers; False (nothing added) otherwise."""
+    try:
+        import pynvml  # type: ignore[import-not-found]
+
+        pynvml.nvmlInit()
+    except Exception:  # no pynvml, no driver or no GPU: skip cleanly
+        return False
+    registry.register(GpuMemoryCollector(pynvml))
+    return True
