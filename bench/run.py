@@ -89,10 +89,11 @@ def in_process(path: Path, model: BenchModel, batch: int, min_s: float, spin: bo
 
 
 class ServerProcess:
-    def __init__(self, repository: Path, batching: bool) -> None:
+    def __init__(self, repository: Path, batching: bool, metrics: bool = True) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "service", "serve", "--model-repository", str(repository),
-             "--port", "0", "--batching", "on" if batching else "off"],
+             "--port", "0", "--batching", "on" if batching else "off", "--metrics-port", "0",
+             *([] if metrics else ["--no-metrics"])],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         )  # fmt: skip
         assert self.process.stdout is not None
@@ -121,13 +122,47 @@ def machine() -> str:
     )
 
 
+def metrics_overhead(repository: Path, model: BenchModel, scale: float, rounds: int = 3) -> str:
+    """Digits at c=32 with metrics off and on, interleaved, `rounds` times each; the order
+    alternates per round so that a drift or an order effect cancels out."""
+    payload = infer_request_bytes(model.name, model.input_name, (1, *model.shape), model.datatype)
+    results: dict[bool, list[float]] = {False: [], True: []}
+    for index in range(rounds):
+        for metrics in (False, True) if index % 2 == 0 else (True, False):
+            server = ServerProcess(repository, batching=True, metrics=metrics)
+            try:
+                level = asyncio.run(
+                    run_level(server.address, payload, 32, warmup_s=1.0 * scale,
+                              duration_s=model.duration_s * scale)
+                )  # fmt: skip
+            finally:
+                server.stop()
+            results[metrics].append(level.throughput)
+            print("metrics", "on" if metrics else "off", f"{level.throughput:.1f}/s", flush=True)
+    off, on = (sum(results[m]) / rounds for m in (False, True))
+    runs = ", ".join(
+        f"{a:,.0f}/{b:,.0f}" for a, b in zip(results[False], results[True], strict=True)
+    )
+    return (
+        f"Metrics overhead, {model.name} at c=32, batching on, {rounds} interleaved runs "
+        f"(off/on: {runs}): mean off {off:,.0f} req/s, on {on:,.0f} req/s, "
+        f"on/off = {on / off:.3f}."
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every duration")
     parser.add_argument("--no-readme", action="store_true", help="print only")
+    parser.add_argument(
+        "--metrics-only", type=int, metavar="ROUNDS", help="only the metrics on/off comparison"
+    )
     args = parser.parse_args(argv)
     repository = OUT / "repository"
     models = build_repository(repository)
+    if args.metrics_only:
+        print(metrics_overhead(repository, models[0], args.scale, args.metrics_only))
+        return 0
     started = time.monotonic()
     lines = [f"Machine: {machine()}.", ""]
     inproc: dict[str, dict[int, float]] = {}
@@ -185,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{on.throughput / off.throughput:.2f} | {on.throughput / best:.2f} |"
                 + (f" errors: {errors}" if errors else "")
             )
+    lines += ["", metrics_overhead(repository, models[0], args.scale)]
     lines += ["", f"Run took {time.monotonic() - started:.0f} s (plus model generation)."]
     report = "\n".join(lines)
     print(report)

@@ -77,19 +77,18 @@ def request_deadline(
 
 def statistics_message(stats: ModelStats, message: pb.ModelStatistics) -> None:
     """Fill Triton's ModelStatistics from the same observations as the Prometheus metrics."""
-    with stats.lock:
-        message.last_inference = stats.last_inference_ms
-        message.inference_count = stats.inference_count
-        message.execution_count = stats.execution_count
-        totals = message.inference_stats
-        for field_name in ("success", "fail", "queue", "compute_infer"):
-            duration = getattr(stats, field_name)
-            target = getattr(totals, field_name)
-            target.count, target.ns = duration.count, duration.ns
-        for size, batch in sorted(stats.batches.items()):
-            entry = message.batch_stats.add(batch_size=size)
-            entry.compute_infer.count = batch.compute_infer.count
-            entry.compute_infer.ns = batch.compute_infer.ns
+    message.last_inference = stats.last_inference_ms
+    message.inference_count = stats.inference_count
+    message.execution_count = stats.execution_count
+    totals = message.inference_stats
+    for field_name in ("success", "fail", "queue", "compute_infer"):
+        duration = getattr(stats, field_name)
+        target = getattr(totals, field_name)
+        target.count, target.ns = duration.count, duration.ns
+    for size, batch in sorted(stats.batches.items()):
+        entry = message.batch_stats.add(batch_size=size)
+        entry.compute_infer.count = batch.compute_infer.count
+        entry.compute_infer.ns = batch.compute_infer.ns
 
 
 class UndecodableRequest:
