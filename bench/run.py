@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{on.throughput / off.throughput:.2f} | {on.throughput / best:.2f} |"
                 + (f" errors: {errors}" if errors else "")
             )
-    lines += ["", metrics_overhead(repository, models[0], args.scale)]
+    lines += ["", metrics_overhead(repository, models[0], args.scale, rounds=6)]
     lines += ["", f"Run took {time.monotonic() - started:.0f} s (plus model generation)."]
     report = "\n".join(lines)
     print(report)
