@@ -72,3 +72,23 @@ def doubler(dims: Sequence[Dim], elem: int = TensorProto.FLOAT) -> onnx.ModelPro
         [_value_info("y", elem, dims)],
     )
     return _model(graph)
+
+
+def affine(dims: Sequence[Dim], opset: int = 17) -> onnx.ModelProto:
+    """y = 2x + 1 on a float input 'x' of the given shape (an image model's stand-in)."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("Mul", ["x", "two"], ["twice"]),
+            helper.make_node("Add", ["twice", "one"], ["y"]),
+        ],
+        "affine",
+        [_value_info("x", TensorProto.FLOAT, dims)],
+        [_value_info("y", TensorProto.FLOAT, dims)],
+        [
+            helper.make_tensor("two", TensorProto.FLOAT, [], [2.0]),
+            helper.make_tensor("one", TensorProto.FLOAT, [], [1.0]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    return model

@@ -19,6 +19,7 @@ from service.v2 import grpc_service_pb2 as pb
 from service.v2 import grpc_service_pb2_grpc as pb_grpc
 from tests.digits import served_session
 from tests.serving import EXAMPLE_MODELS, GatedRunner, ServerThread, gated_scheduler, running_server
+from tests.waiting import until
 
 MODEL_FILE = EXAMPLE_MODELS / "digits" / "1" / "model.onnx"
 
@@ -145,15 +146,15 @@ def test_timeout_queue_full_and_cancel_through_grpc(
 
             # A cancelled RPC is dropped before compute.
             doomed = asyncio.ensure_future(stub.ModelInfer(_raw_request(2, 64)))
-            await until_true(lambda: batcher.queued_rows == 2)
+            await until(lambda: batcher.queued_rows == 2)
             doomed.cancel()
-            await until_true(lambda: batcher.queued_rows == 0)
+            await until(lambda: batcher.queued_rows == 0)
 
             # Queue full (4 rows): RESOURCE_EXHAUSTED at once; what was accepted completes.
             accepted = [
                 asyncio.ensure_future(stub.ModelInfer(_raw_request(2, 25))) for _ in range(2)
             ]
-            await until_true(lambda: batcher.queued_rows == 4)
+            await until(lambda: batcher.queued_rows == 4)
             with pytest.raises(grpc.aio.AioRpcError) as full:
                 await stub.ModelInfer(_raw_request(1, 25))
             assert full.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -166,14 +167,6 @@ def test_timeout_queue_full_and_cancel_through_grpc(
     # The model ran the holder and the two accepted requests (one batch of 4): never the
     # timed-out or the cancelled one.
     assert gate.rows_seen == [1, 4]
-
-
-async def until_true(condition: object, limit: int = 100_000) -> None:
-    for _ in range(limit):
-        if condition():  # type: ignore[operator]
-            return
-        await asyncio.sleep(0)
-    raise AssertionError("condition never held")
 
 
 def test_bad_timeout_parameter_is_invalid_argument(example_server: ServerThread) -> None:

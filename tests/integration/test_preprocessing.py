@@ -26,7 +26,7 @@ from service.preprocess import bind, parse_preprocessing, reference
 from service.v2 import grpc_service_pb2 as pb
 from service.v2 import grpc_service_pb2_grpc as pb_grpc
 from tests.digits import served_session
-from tests.onnx_models import save
+from tests.onnx_models import affine, save
 from tests.serving import ServerThread, running_server
 
 
@@ -44,26 +44,6 @@ COMBOS = list(
         ("none", "normalize", "center", "standardize"), ("dataset", "per_image"), ("NHWC", "NCHW")
     )
 )
-
-
-def affine(dims: list[int | str], opset: int = 17) -> onnx.ModelProto:
-    """y = 2x + 1 on a float input 'x' of the given shape."""
-    graph = helper.make_graph(
-        [
-            helper.make_node("Mul", ["x", "two"], ["t"]),
-            helper.make_node("Add", ["t", "one"], ["y"]),
-        ],
-        "affine",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, dims)],
-        [
-            helper.make_tensor("two", TensorProto.FLOAT, [], [2.0]),
-            helper.make_tensor("one", TensorProto.FLOAT, [], [1.0]),
-        ],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 8
-    return model
 
 
 def third_party_cnn() -> onnx.ModelProto:

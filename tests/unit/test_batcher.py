@@ -23,6 +23,7 @@ from service.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from tests.waiting import until
 
 POISON = -999.0  # a row holding this value makes the fake runner fail its whole batch
 
@@ -62,15 +63,6 @@ class FakeRunner:
 
 def rows(n: int, start: float = 0.0) -> dict[str, npt.NDArray[np.generic]]:
     return {"x": (np.arange(n * 3, dtype=np.float32).reshape(n, 3) + start)}
-
-
-async def until(condition: object, limit: int = 10_000) -> None:
-    """Yield to the loop until `condition()` holds (no wall-clock sleeping)."""
-    for _ in range(limit):
-        if condition():  # type: ignore[operator]
-            return
-        await asyncio.sleep(0)
-    raise AssertionError("condition never held")
 
 
 class Recorder:

@@ -10,7 +10,8 @@ from prometheus_client import CollectorRegistry
 from service.batcher import BatchPolicy, DynamicBatcher
 from service.errors import ResourceExhausted
 from service.metrics import Metrics, register_gpu_memory
-from tests.unit.test_batcher import FakeRunner, rows, submit, until
+from tests.unit.test_batcher import FakeRunner, rows, submit
+from tests.waiting import until
 
 
 def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:

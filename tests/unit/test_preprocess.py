@@ -9,34 +9,19 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper
 
 from service.config import TensorSpec
 from service.errors import ConfigError
 from service.preprocess import attach, bind, parse_preprocessing, reference
+from tests.onnx_models import affine
 
 
 def affine_model(layout: str, channels: int = 3, opset: int = 17) -> onnx.ModelProto:
-    """y = 2x + 1 on a float image input [N, C, H, W] or [N, H, W, C] (H=5, W=4)."""
-    dims: list[str | int | None] = (
+    """y = 2x + 1 on a float image [N, C, 5, 4] or [N, 5, 4, C]."""
+    dims: list[int | str | None] = (
         ["N", channels, 5, 4] if layout == "NCHW" else ["N", 5, 4, channels]
     )
-    graph = helper.make_graph(
-        [
-            helper.make_node("Mul", ["x", "two"], ["twice"]),
-            helper.make_node("Add", ["twice", "one"], ["y"]),
-        ],
-        "affine",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, dims)],
-        [
-            helper.make_tensor("two", TensorProto.FLOAT, [], [2.0]),
-            helper.make_tensor("one", TensorProto.FLOAT, [], [1.0]),
-        ],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 8
-    return model
+    return affine(dims, opset)
 
 
 def model_input(layout: str, channels: int = 3) -> TensorSpec:
