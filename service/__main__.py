@@ -131,8 +131,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             batching=args.batching == "on",
             metrics_port=None if args.no_metrics else args.metrics_port,
         )
-        with asyncio.Runner(loop_factory=loop_factory()) as runner:
-            runner.run(_serve(settings))
+        try:
+            with asyncio.Runner(loop_factory=loop_factory()) as runner:
+                runner.run(_serve(settings))
+        except OSError as exc:  # a port in use, an unreadable repository
+            print(f"cnnserve: {exc}", file=sys.stderr)
+            return 1
         return 0
     if args.command == "infer":
         from service.client import classify_files

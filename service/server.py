@@ -95,9 +95,16 @@ class CnnserveServer:
         await server.start()
         self._server = server
         if self.metrics is not None and self.settings.metrics_port is not None:
-            http, thread = start_http_server(
-                self.settings.metrics_port, self.settings.host, registry=self.metrics.registry
-            )
+            try:
+                http, thread = start_http_server(
+                    self.settings.metrics_port, self.settings.host, registry=self.metrics.registry
+                )
+            except OSError as exc:
+                await server.stop(None)
+                raise OSError(
+                    f"cannot serve metrics on {self.settings.host}:{self.settings.metrics_port}: "
+                    f"{exc} (use --metrics-port or --no-metrics)"
+                ) from exc
             self._metrics_http, self._metrics_thread = http, thread
             self.metrics_port = http.server_port
         await self._publish_health()

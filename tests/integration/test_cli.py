@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,7 +20,12 @@ from tests.serving import EXAMPLE_MODELS, REPO_ROOT
 
 @pytest.fixture(scope="module")
 def served_process() -> Iterator[tuple[subprocess.Popen[str], str]]:
-    env = {**os.environ, "CNNSERVE_PORT": "0", "CNNSERVE_MODEL_REPOSITORY": str(EXAMPLE_MODELS)}
+    env = {
+        **os.environ,
+        "CNNSERVE_PORT": "0",
+        "CNNSERVE_METRICS_PORT": "0",
+        "CNNSERVE_MODEL_REPOSITORY": str(EXAMPLE_MODELS),
+    }
     process = subprocess.Popen(
         [sys.executable, "-m", "service", "serve"],
         cwd=REPO_ROOT,
@@ -96,3 +102,18 @@ def test_export_without_torch_says_which_extra() -> None:
     )
     assert result.returncode == 2
     assert "pip install 'cnnserve[export]'" in result.stderr
+
+
+def test_busy_metrics_port_is_a_clear_error() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "service", "serve", "--model-repository", str(EXAMPLE_MODELS),
+             "--port", "0", "--metrics-port", str(port)],
+            cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert result.returncode == 1
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
