@@ -68,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--url", default=_env("URL", "127.0.0.1:8001"), help="host:port")
     infer.add_argument("--top-k", type=int, default=3)
 
+    health = commands.add_parser(
+        "health", help="gRPC health check (exit 0 when SERVING): for container HEALTHCHECKs"
+    )
+    health.add_argument("--url", default=_env("URL", "127.0.0.1:8001"), help="host:port")
+    health.add_argument("--service", default="", help='"" = the server, or a model name')
+    health.add_argument("--timeout", type=float, default=3.0, help="seconds")
+
     commands.add_parser(
         "export",
         help="train and export models (needs the export extra: pip install 'cnnserve[export]')",
@@ -138,6 +145,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"cnnserve: {exc}", file=sys.stderr)
             return 1
         return 0
+    if args.command == "health":
+        from service.client import health_check
+
+        status = health_check(args.url, args.service, args.timeout)
+        print(f"{args.service or 'server'} at {args.url}: {status}")
+        return 0 if status == "SERVING" else 1
     if args.command == "infer":
         from service.client import classify_files
 

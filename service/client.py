@@ -45,3 +45,17 @@ def classify_files(address: str, model: str, paths: Sequence[Path], top_k: int) 
             entries.append(f"{label[0] if label else index} {float(score):.4f}")
         lines.append(f"{path}: {', '.join(entries)}")
     return lines
+
+
+def health_check(address: str, service: str, timeout_s: float) -> str:
+    """The gRPC health status name of `service` ("" = the server), or why it has none."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        try:
+            answer = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout_s
+            )
+        except grpc.RpcError as exc:
+            return f"{exc.code().name}: {exc.details()}"
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status))

@@ -1,0 +1,46 @@
+# cnnserve image. Default: CUDA 12 + cuDNN 9 runtime with onnxruntime-gpu.
+# CPU variant (slim, plain onnxruntime):
+#   --build-arg BASE_IMAGE=debian:bookworm-slim --build-arg ONNXRUNTIME=onnxruntime==1.31.1 \
+#   --build-arg NVML=
+# The image holds the service only: no torch, no export code, no models (mount them at
+# /models, or /mnt/models under KServe, and set CNNSERVE_MODEL_REPOSITORY accordingly).
+ARG BASE_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
+
+FROM ${BASE_IMAGE} AS build
+ARG ONNXRUNTIME=onnxruntime-gpu==1.31.1
+# NVML bindings (module pynvml) for the GPU memory metrics; empty for the CPU variant.
+ARG NVML=nvidia-ml-py==13.615.71
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-venv \
+    && rm -rf /var/lib/apt/lists/*
+RUN python3 -m venv /opt/cnnserve
+COPY pyproject.toml README.md /src/
+COPY service /src/service
+# onnxruntime and onnxruntime-gpu share one module name: never both in one environment.
+RUN /opt/cnnserve/bin/pip install --no-cache-dir /src \
+    && /opt/cnnserve/bin/pip uninstall -y onnxruntime \
+    && /opt/cnnserve/bin/pip install --no-cache-dir "${ONNXRUNTIME}" \
+    && if [ -n "${NVML}" ]; then /opt/cnnserve/bin/pip install --no-cache-dir "${NVML}"; fi
+
+FROM ${BASE_IMAGE}
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --uid 10001 --create-home --shell /usr/sbin/nologin cnnserve \
+    && mkdir -p /models /mnt/models
+COPY --from=build /opt/cnnserve /opt/cnnserve
+ENV PATH=/opt/cnnserve/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    CNNSERVE_MODEL_REPOSITORY=/models \
+    CNNSERVE_HOST=0.0.0.0 \
+    CNNSERVE_PORT=8001 \
+    CNNSERVE_METRICS_PORT=8002 \
+    CNNSERVE_GRACE_PERIOD=30
+USER 10001
+EXPOSE 8001 8002
+HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["cnnserve", "health", "--url", "127.0.0.1:8001"]
+# Exec form: SIGTERM reaches the server itself (graceful drain), not a shell.
+ENTRYPOINT ["cnnserve", "serve"]
