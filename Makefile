@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PORT ?= 8001
 MODEL_REPOSITORY ?= models
 
-.PHONY: run test lint typecheck protos export bench clean prometheus
+.PHONY: run test lint typecheck protos export bench clean system-deps
 
 $(VENV)/.serve: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,12 +21,14 @@ $(VENV)/.dev: pyproject.toml $(VENV)/.serve
 run: $(VENV)/.serve
 	$(PY) -m service serve --model-repository $(MODEL_REPOSITORY) --port $(PORT)
 
-# Debian's prometheus package brings prometheus and promtool (the metrics tests run both).
-prometheus:
-	@command -v promtool >/dev/null 2>&1 || { apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
+# Debian packages the tests run for real: prometheus + promtool (metrics), nginx (two
+# replicas behind a gRPC load balancer). Installed once, when missing.
+system-deps:
+	@command -v promtool >/dev/null 2>&1 && command -v nginx >/dev/null 2>&1 || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	  --no-install-recommends prometheus nginx-light; }
 
-test: $(VENV)/.dev prometheus
+test: $(VENV)/.dev system-deps
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy

@@ -24,7 +24,7 @@ from service.codec import (
     encode_infer_response,
     set_parameter,
 )
-from service.errors import CnnserveError, InvalidArgument
+from service.errors import CnnserveError, InvalidArgument, Unavailable
 from service.metrics import UNKNOWN_MODEL, Metrics, ModelStats
 from service.model import ServedModel
 from service.repository import ModelRepository
@@ -140,6 +140,23 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._repository = repository
         self._is_ready = is_ready
         self._metrics = metrics
+        self._draining = False
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Refuse new inferences with UNAVAILABLE (retryable: they never ran) and wait for
+        the accepted ones to finish; False if some were still running after `timeout_s`.
+
+        The connections stay open meanwhile, so a load balancer in front gets a clean gRPC
+        status for every request instead of a stream reset racing the server's GOAWAY."""
+        self._draining = True
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
 
     @_boundary
     async def ServerLive(
@@ -202,10 +219,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: Context
     ) -> pb.ModelInferResponse:
+        if self._draining:
+            raise Unavailable("the server is shutting down; send the request to another replica")
         started = time.monotonic()
         model: ServedModel | None = None
         rows = 0
         code = grpc.StatusCode.INTERNAL
+        self._in_flight += 1
+        self._idle.clear()
         try:
             model = self._repository.get(request.model_name, request.model_version)
             decoded = decode_infer_request(request, model.check_headers)
@@ -231,6 +252,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             code = grpc.StatusCode.CANCELLED
             raise
         finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
             self._record(model, code, rows, time.monotonic() - started)
 
     def _record(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from wsgiref.simple_server import WSGIServer
 
 import grpc
@@ -57,6 +58,7 @@ class CnnserveServer:
             make_scheduler or scheduler_factory(batching=settings.batching),
             self.metrics,
         )
+        self._servicer: InferenceServicer | None = None
         self._metrics_http: WSGIServer | None = None
         self._metrics_thread: threading.Thread | None = None
         self.metrics_port: int | None = None
@@ -75,10 +77,10 @@ class CnnserveServer:
     async def start(self) -> None:
         await self.repository.load_all()
         server = grpc.aio.server()
-        add_to_server(
-            InferenceServicer(self.repository, is_ready=self.is_ready, metrics=self.metrics),
-            server,
+        self._servicer = InferenceServicer(
+            self.repository, is_ready=self.is_ready, metrics=self.metrics
         )
+        add_to_server(self._servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (
@@ -118,10 +120,17 @@ class CnnserveServer:
             await self.health.set(entry.name, status)
 
     async def aclose(self) -> None:
+        """Graceful: NOT_SERVING, refuse new inferences (UNAVAILABLE), finish the accepted
+        ones within the grace period, then stop gRPC, drain the batchers, free the models."""
         self._ready = False
         await self.health.enter_graceful_shutdown()  # every service reports NOT_SERVING
+        deadline = time.monotonic() + self.settings.grace_period_s
+        if self._servicer is not None:
+            drained = await self._servicer.drain(self.settings.grace_period_s)
+            if not drained:
+                log.warning("grace period over with inferences still running")
         if self._server is not None:
-            await self._server.stop(self.settings.grace_period_s)
+            await self._server.stop(max(0.0, deadline - time.monotonic()))
             self._server = None
         await self.repository.aclose()
         if self._metrics_http is not None:
