@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PORT ?= 8001
 MODEL_REPOSITORY ?= models
 
-.PHONY: run test lint typecheck protos export bench clean system-deps
+.PHONY: run test lint typecheck protos export bench clean system-deps image-test
 
 $(VENV)/.serve: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,10 @@ protos: $(VENV)/.dev
 # Retrain the example digits model and rewrite models/digits (needs the export extra).
 export: $(VENV)/.dev
 	$(PY) -m export train --out $(MODEL_REPOSITORY)
+
+# Build the real image (CPU variant) without Docker and run its health check (~1-5 min).
+image-test:
+	bash deploy/image-test.sh
 
 bench: $(VENV)/.dev
 	$(PY) -m bench.run

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# `make image-test`: build the real image without a Docker engine and run its health check.
+#   1. mmdebstrap makes a Debian bookworm base (no registry needed: Debian's mirror);
+#   2. buildah builds ./Dockerfile's CPU variant on it with --isolation chroot (vfs storage);
+#   3. inside the image: the entrypoint serves ./models, the HEALTHCHECK command must pass,
+#      and torch must be absent.
+# Needs root and Debian's buildah + mmdebstrap (installed here if missing). ~5 min.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+WORK=${WORK:-/tmp/cnnserve-image}
+STORAGE=(--storage-driver vfs --root "$WORK/storage" --runroot "$WORK/run")
+mkdir -p "$WORK"
+command -v buildah >/dev/null && command -v mmdebstrap >/dev/null || {
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    buildah mmdebstrap uidmap
+}
+start=$(date +%s)
+if [ ! -f "$WORK/base.tar" ]; then
+  mmdebstrap --variant=minbase --include=ca-certificates \
+    --aptopt='Acquire::Check-Valid-Until "false"' \
+    bookworm "$WORK/base.tar" "deb http://deb.debian.org/debian bookworm main"
+fi
+base=$(buildah "${STORAGE[@]}" from scratch)
+buildah "${STORAGE[@]}" add "$base" "$WORK/base.tar" /
+buildah "${STORAGE[@]}" commit --rm "$base" localhost/debian:bookworm-mmdebstrap
+# Package downloads trust what this machine trusts (its CA bundle may include a proxy's CA):
+# lent to the build steps as volumes, which are not committed to the image.
+printf '[global]\ncert = /run/host-ca.crt\n' > "$WORK/pip.conf"
+buildah "${STORAGE[@]}" build --isolation chroot \
+  --volume /etc/ssl/certs/ca-certificates.crt:/run/host-ca.crt:ro \
+  --volume "$WORK/pip.conf:/etc/pip.conf:ro" \
+  --build-arg BASE_IMAGE=localhost/debian:bookworm-mmdebstrap \
+  --build-arg ONNXRUNTIME=onnxruntime==1.31.1 --build-arg NVML= \
+  -t localhost/cnnserve:cpu "$ROOT"
+built=$(date +%s)
+# chroot isolation shares this machine's network: pick free loopback ports for this run.
+read -r GRPC_PORT METRICS_PORT < <(python3 -c 'import socket
+ports = []
+for _ in range(2):
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); ports.append(s); 
+print(*(s.getsockname()[1] for s in ports))')
+ctr=$(buildah "${STORAGE[@]}" from localhost/cnnserve:cpu)
+trap 'buildah "${STORAGE[@]}" rm "$ctr" >/dev/null 2>&1 || true' EXIT
+buildah "${STORAGE[@]}" run --isolation chroot -v "$ROOT/models:/models:ro" "$ctr" -- sh -c "
+  GRPC_PORT=$GRPC_PORT METRICS_PORT=$METRICS_PORT
+"'
+  set -e
+  if python3 -c "import torch" 2>/dev/null; then echo "torch is in the image"; exit 1; fi
+  cnnserve serve --host 127.0.0.1 --port "$GRPC_PORT" --metrics-port "$METRICS_PORT" \
+    > /tmp/serve.log 2>&1 &
+  server=$!
+  trap "kill \$server 2>/dev/null || true" EXIT  # chroot isolation: nothing else reaps it
+  for _ in $(seq 120); do grep -q "listening on" /tmp/serve.log && break; sleep 0.5; done
+  grep -v INFO /tmp/serve.log
+  echo "running as uid $(id -u)"
+  cnnserve health --url "127.0.0.1:$GRPC_PORT"
+  cnnserve health --url "127.0.0.1:$GRPC_PORT" --service digits
+  kill -TERM "$server"
+  wait "$server"  # exits 0 after the graceful drain
+  echo "server exited 0 on SIGTERM"
+'
+echo "image-test passed: built in $((built - start)) s, checked in $(( $(date +%s) - built )) s"
+buildah "${STORAGE[@]}" images localhost/cnnserve:cpu
