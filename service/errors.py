@@ -50,12 +50,6 @@ class DeadlineExceeded(CnnserveError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
-class Cancelled(CnnserveError):
-    """The client went away before its request was computed."""
-
-    code = grpc.StatusCode.CANCELLED
-
-
 class InternalError(CnnserveError):
     """A fault on our side (e.g. onnxruntime raised while running a batch)."""
 
