@@ -22,7 +22,8 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -89,11 +90,11 @@ def in_process(path: Path, model: BenchModel, batch: int, min_s: float, spin: bo
 
 
 class ServerProcess:
-    def __init__(self, repository: Path, batching: bool, metrics: bool = True) -> None:
+    def __init__(self, repository: Path, batching: bool, flags: Sequence[str] = ()) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "service", "serve", "--model-repository", str(repository),
              "--port", "0", "--batching", "on" if batching else "off", "--metrics-port", "0",
-             *([] if metrics else ["--no-metrics"])],
+             *flags],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         )  # fmt: skip
         assert self.process.stdout is not None
@@ -122,31 +123,55 @@ def machine() -> str:
     )
 
 
-def metrics_overhead(repository: Path, model: BenchModel, scale: float, rounds: int = 3) -> str:
-    """Digits at c=32 with metrics off and on, interleaved, `rounds` times each; the order
-    alternates per round so that a drift or an order effect cancels out."""
+@dataclass(frozen=True)
+class Comparison:
+    """Two server settings for one model at one concurrency (batching on)."""
+
+    title: str
+    baseline: tuple[str, ...]  # serve flags of the setting compared against
+    shipped: tuple[str, ...]  # serve flags of the default
+    labels: tuple[str, str]
+    concurrency: int = 32
+
+
+COMPARISONS = {
+    "metrics": Comparison("Metrics overhead", ("--no-metrics",), (), ("off", "on")),
+    "event-loop": Comparison(
+        "Event loop", ("--event-loop", "asyncio"), (), ("asyncio", "uvloop (default)")
+    ),
+    "ort-spinning": Comparison(
+        "onnxruntime intra-op spinning", ("--ort-spinning",), (), ("on", "off (default)")
+    ),
+}
+
+
+def compare(
+    repository: Path, model: BenchModel, comparison: Comparison, scale: float, rounds: int
+) -> str:
+    """The two settings interleaved, `rounds` times each; the order alternates per round so
+    that a drift or an order effect cancels out."""
     payload = infer_request_bytes(model.name, model.input_name, (1, *model.shape), model.datatype)
-    results: dict[bool, list[float]] = {False: [], True: []}
+    settings = (comparison.baseline, comparison.shipped)
+    results: dict[int, list[float]] = {0: [], 1: []}
     for index in range(rounds):
-        for metrics in (False, True) if index % 2 == 0 else (True, False):
-            server = ServerProcess(repository, batching=True, metrics=metrics)
+        for which in (0, 1) if index % 2 == 0 else (1, 0):
+            server = ServerProcess(repository, batching=True, flags=settings[which])
             try:
                 level = asyncio.run(
-                    run_level(server.address, payload, 32, warmup_s=1.0 * scale,
-                              duration_s=model.duration_s * scale)
+                    run_level(server.address, payload, comparison.concurrency,
+                              warmup_s=1.0 * scale, duration_s=model.duration_s * scale)
                 )  # fmt: skip
             finally:
                 server.stop()
-            results[metrics].append(level.throughput)
-            print("metrics", "on" if metrics else "off", f"{level.throughput:.1f}/s", flush=True)
-    off, on = (sum(results[m]) / rounds for m in (False, True))
-    runs = ", ".join(
-        f"{a:,.0f}/{b:,.0f}" for a, b in zip(results[False], results[True], strict=True)
-    )
+            results[which].append(level.throughput)
+            print(comparison.title, comparison.labels[which], f"{level.throughput:.1f}/s")
+    base, shipped = (sum(results[w]) / rounds for w in (0, 1))
+    runs = ", ".join(f"{a:,.0f}/{b:,.0f}" for a, b in zip(results[0], results[1], strict=True))
+    first, second = comparison.labels
     return (
-        f"Metrics overhead, {model.name} at c=32, batching on, {rounds} interleaved runs "
-        f"(off/on: {runs}): mean off {off:,.0f} req/s, on {on:,.0f} req/s, "
-        f"on/off = {on / off:.3f}."
+        f"{comparison.title}, {model.name} at c={comparison.concurrency}, batching on, "
+        f"{rounds} interleaved runs ({first}/{second}: {runs}): mean {first} {base:,.0f} req/s, "
+        f"{second} {shipped:,.0f} req/s, {second} / {first} = {shipped / base:.3f}."
     )
 
 
@@ -155,13 +180,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every duration")
     parser.add_argument("--no-readme", action="store_true", help="print only")
     parser.add_argument(
-        "--metrics-only", type=int, metavar="ROUNDS", help="only the metrics on/off comparison"
+        "--compare", choices=sorted(COMPARISONS), help="only this comparison of two settings"
     )
+    parser.add_argument("--rounds", type=int, default=6, help="interleaved runs per setting")
+    parser.add_argument("--concurrency", type=int, help="with --compare: instead of 32")
     args = parser.parse_args(argv)
     repository = OUT / "repository"
     models = build_repository(repository)
-    if args.metrics_only:
-        print(metrics_overhead(repository, models[0], args.scale, args.metrics_only))
+    if args.compare:
+        comparison = COMPARISONS[args.compare]
+        if args.concurrency:
+            comparison = replace(comparison, concurrency=args.concurrency)
+        print(compare(repository, models[0], comparison, args.scale, args.rounds))
         return 0
     started = time.monotonic()
     lines = [f"Machine: {machine()}.", ""]
@@ -220,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{on.throughput / off.throughput:.2f} | {on.throughput / best:.2f} |"
                 + (f" errors: {errors}" if errors else "")
             )
-    lines += ["", metrics_overhead(repository, models[0], args.scale, rounds=6)]
+    lines += ["", compare(repository, models[0], COMPARISONS["metrics"], args.scale, args.rounds)]
     lines += ["", f"Run took {time.monotonic() - started:.0f} s (plus model generation)."]
     report = "\n".join(lines)
     print(report)

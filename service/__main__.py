@@ -54,6 +54,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-metrics", action="store_true", help="serve no metrics (for overhead comparison)"
     )
     serve.add_argument(
+        "--event-loop",
+        choices=("auto", "asyncio"),
+        default=_env("EVENT_LOOP", "auto"),
+        help="auto: uvloop when installed (env CNNSERVE_EVENT_LOOP)",
+    )
+    serve.add_argument(
+        "--ort-spinning",
+        action="store_true",
+        help="let onnxruntime's intra-op threads busy-wait (off by default: it starves gRPC)",
+    )
+    serve.add_argument(
         "--grace-period",
         type=float,
         default=float(_env("GRACE_PERIOD", "30")),
@@ -137,9 +148,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             grace_period_s=args.grace_period,
             batching=args.batching == "on",
             metrics_port=None if args.no_metrics else args.metrics_port,
+            event_loop=args.event_loop,
+            ort_spinning=args.ort_spinning,
         )
         try:
-            with asyncio.Runner(loop_factory=loop_factory()) as runner:
+            with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
                 runner.run(_serve(settings))
         except OSError as exc:  # a port in use, an unreadable repository
             print(f"cnnserve: {exc}", file=sys.stderr)

@@ -46,8 +46,6 @@ HeaderCheck = Callable[[Sequence[TensorHeader]], int]
 class DecodedRequest:
     """A ModelInfer request whose inputs passed the model's header check and were decoded."""
 
-    model_name: str
-    model_version: str
     id: str
     inputs: dict[str, npt.NDArray[np.generic]]
     batch_size: int
@@ -243,8 +241,6 @@ def decode_infer_request(
         RequestedOutput(out.name, parameters_to_dict(out.parameters)) for out in request.outputs
     )
     return DecodedRequest(
-        model_name=request.model_name,
-        model_version=request.model_version,
         id=request.id,
         inputs=inputs,
         batch_size=batch_size,

@@ -297,6 +297,8 @@ class ServerSettings:
     grace_period_s: float = 30.0
     batching: bool = True  # False: every request runs alone, as sent (for comparison)
     metrics_port: int | None = 8002  # Prometheus /metrics; 0 = any free port; None = off
+    event_loop: str = "auto"  # auto (uvloop when installed) | asyncio
+    ort_spinning: bool = False  # onnxruntime intra-op threads busy-wait (bench/README.md)
 
     @staticmethod
     def env_default(name: str, default: str) -> str:

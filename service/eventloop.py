@@ -1,8 +1,8 @@
 """The event loop the server runs on: uvloop where it is installed, else asyncio's own.
 
-Measured with bench/loadgen.py on the digits model (2 cores, c=8/32): uvloop served
-10-13 % more requests per second than the default loop with grpc.aio. The test harness
-uses this same factory, so the suite runs on the loop that ships.
+`cnnserve serve --event-loop asyncio` picks the standard loop; bench/README.md compares the
+two (`python -m bench.run --compare event-loop`). The test harness uses this same factory,
+so the suite runs on the loop that ships.
 """
 
 from __future__ import annotations
@@ -11,7 +11,10 @@ import asyncio
 from collections.abc import Callable
 
 
-def loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
+def loop_factory(choice: str = "auto") -> Callable[[], asyncio.AbstractEventLoop]:
+    """`auto`: uvloop when it is installed; `asyncio`: the standard loop."""
+    if choice == "asyncio":
+        return asyncio.new_event_loop
     try:
         import uvloop
     except ImportError:

@@ -219,8 +219,6 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: Context
     ) -> pb.ModelInferResponse:
-        if self._draining:
-            raise Unavailable("the server is shutting down; send the request to another replica")
         started = time.monotonic()
         model: ServedModel | None = None
         rows = 0
@@ -229,6 +227,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._idle.clear()
         try:
             model = self._repository.get(request.model_name, request.model_version)
+            if self._draining:  # counted like any other answer (code UNAVAILABLE)
+                raise Unavailable(
+                    "the server is shutting down; send the request to another replica"
+                )
             decoded = decode_infer_request(request, model.check_headers)
             rows = decoded.batch_size
             deadline = request_deadline(

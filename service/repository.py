@@ -77,10 +77,13 @@ class ModelState(StrEnum):
 @dataclass
 class ModelEntry:
     name: str
-    state: ModelState
     reason: str = ""
     versions: list[int] = field(default_factory=list)
     served: ServedModel | None = None
+
+    @property
+    def state(self) -> ModelState:
+        return ModelState.READY if self.served is not None else ModelState.UNAVAILABLE
 
 
 def valid_model_name(name: str) -> bool:
@@ -134,6 +137,7 @@ def load_model(
     version: int,
     make_scheduler: SchedulerFactory,
     metrics: Metrics | None = None,
+    ort_spinning: bool = False,
 ) -> ServedModel:
     """Blocking: build the sessions and config, warm up. Call from a thread."""
     started = time.monotonic()
@@ -153,6 +157,7 @@ def load_model(
             device=overrides.device or "auto",
             intra_op_threads=default_intra_op_threads(instances),
             provider_options=overrides.provider_options,
+            spin=ort_spinning,
         )
         for _ in range(instances)
     ]
@@ -205,10 +210,12 @@ class ModelRepository:
         root: Path,
         make_scheduler: SchedulerFactory = default_scheduler,
         metrics: Metrics | None = None,
+        ort_spinning: bool = False,
     ) -> None:
         self.root = root.resolve()
         self._make_scheduler = make_scheduler
         self.metrics = metrics
+        self._ort_spinning = ort_spinning
         self._entries: dict[str, ModelEntry] = {}
 
     async def load_all(self) -> None:
@@ -221,24 +228,29 @@ class ModelRepository:
     async def _load_entry(self, model_dir: Path) -> ModelEntry:
         name = model_dir.name
         if not valid_model_name(name):
-            return ModelEntry(name, ModelState.UNAVAILABLE, f"invalid model name '{name}'")
+            return ModelEntry(name, f"invalid model name '{name}'")
         versions = discover_versions(model_dir)
         if not versions:
             reason = f"no version folder with {MODEL_FILE} under {model_dir}"
             log.error("model %s not loaded: %s", name, reason)
-            return ModelEntry(name, ModelState.UNAVAILABLE, reason, versions)
+            return ModelEntry(name, reason, versions)
         version = versions[-1]
         try:
             served = await asyncio.to_thread(
-                load_model, model_dir, version, self._make_scheduler, self.metrics
+                load_model,
+                model_dir,
+                version,
+                self._make_scheduler,
+                self.metrics,
+                self._ort_spinning,
             )
             await served.start()
         except CnnserveError as exc:
             log.error("model %s version %d not loaded: %s", name, version, exc.message)
             if self.metrics is not None:
                 self.metrics.model_ready.labels(name, str(version)).set(0)
-            return ModelEntry(name, ModelState.UNAVAILABLE, exc.message, versions)
-        return ModelEntry(name, ModelState.READY, "", versions, served)
+            return ModelEntry(name, exc.message, versions)
+        return ModelEntry(name, "", versions, served)
 
     def entries(self) -> list[ModelEntry]:
         return list(self._entries.values())

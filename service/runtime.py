@@ -96,9 +96,8 @@ class OnnxRunner:
         options.inter_op_num_threads = 1
         if not spin:
             # onnxruntime's intra-op threads busy-wait for the next run by default; in a
-            # server that CPU belongs to the event loop, gRPC and the other instances.
-            # Measured (digits, 2 cores, bench/loadgen.py): spinning off served 2,470 vs
-            # 1,499 req/s at c=8 and 3,564 vs 2,723 at c=32; c=1 p50 1.03 vs 0.85 ms.
+            # server that CPU belongs to the event loop, gRPC and the other instances
+            # (compared in bench/README.md: `python -m bench.run --compare ort-spinning`).
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -57,6 +57,7 @@ class CnnserveServer:
             settings.model_repository,
             make_scheduler or scheduler_factory(batching=settings.batching),
             self.metrics,
+            ort_spinning=settings.ort_spinning,
         )
         self._servicer: InferenceServicer | None = None
         self._metrics_http: WSGIServer | None = None

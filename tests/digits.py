@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from functools import cache
-from pathlib import Path
 
 import onnxruntime as ort
 
@@ -30,7 +29,3 @@ def served_session() -> ort.InferenceSession:
 def reported_test_accuracy() -> float:
     card = json.loads((DIGITS / "model_card.json").read_text())
     return float(card["train"]["test_accuracy"])
-
-
-def model_path() -> Path:
-    return MODEL_FILE

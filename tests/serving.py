@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import socket
+import subprocess
 import threading
 from collections.abc import Coroutine, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -112,3 +114,31 @@ def gated_scheduler(gates: list[GatedRunner]) -> SchedulerFactory:
         return DynamicBatcher(wrapped, batch_policy(config), name=config.name, observer=observer)
 
     return make
+
+
+def free_port() -> int:
+    """A loopback port that was free a moment ago (for processes that need a fixed one)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def spawn_server(
+    command: Sequence[str], env: Mapping[str, str] | None = None
+) -> tuple[subprocess.Popen[str], str]:
+    """Start `cnnserve serve` as its own process; return it and the address it printed."""
+    process = subprocess.Popen(
+        list(command),
+        cwd=REPO_ROOT,
+        env=None if env is None else dict(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert process.stdout is not None
+    for line in process.stdout:  # blocks until the server prints; no sleeps
+        if line.startswith("cnnserve listening on "):
+            return process, line.split()[-1]
+    process.wait()
+    raise AssertionError(f"the server exited ({process.returncode}) before listening")

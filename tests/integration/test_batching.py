@@ -17,11 +17,9 @@ from export.data import digits_split
 from service.batcher import DynamicBatcher
 from service.v2 import grpc_service_pb2 as pb
 from service.v2 import grpc_service_pb2_grpc as pb_grpc
-from tests.digits import served_session
-from tests.serving import EXAMPLE_MODELS, GatedRunner, ServerThread, gated_scheduler, running_server
+from tests.digits import MODEL_FILE, served_session
+from tests.serving import GatedRunner, ServerThread, gated_scheduler, running_server
 from tests.waiting import until
-
-MODEL_FILE = EXAMPLE_MODELS / "digits" / "1" / "model.onnx"
 
 
 def _input(array: np.ndarray) -> triton.InferInput:

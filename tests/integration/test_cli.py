@@ -15,7 +15,7 @@ from PIL import Image
 
 from export.data import digits_split
 from tests.digits import served_session
-from tests.serving import EXAMPLE_MODELS, REPO_ROOT
+from tests.serving import EXAMPLE_MODELS, REPO_ROOT, spawn_server
 
 
 @pytest.fixture(scope="module")
@@ -26,21 +26,7 @@ def served_process() -> Iterator[tuple[subprocess.Popen[str], str]]:
         "CNNSERVE_METRICS_PORT": "0",
         "CNNSERVE_MODEL_REPOSITORY": str(EXAMPLE_MODELS),
     }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "service", "serve"],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert process.stdout is not None
-    address = ""
-    for line in process.stdout:  # blocks until the server prints; no sleeps
-        if line.startswith("cnnserve listening on "):
-            address = line.split()[-1]
-            break
-    assert address, "server exited before listening"
+    process, address = spawn_server([sys.executable, "-m", "service", "serve"], env)
     yield process, address
     if process.poll() is None:
         process.kill()

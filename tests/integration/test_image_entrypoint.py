@@ -9,12 +9,11 @@ import os
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
-from tests.serving import EXAMPLE_MODELS, REPO_ROOT
+from tests.serving import EXAMPLE_MODELS, REPO_ROOT, free_port, spawn_server
 
 
 def final_stage() -> list[str]:
@@ -44,13 +43,6 @@ def exec_form(stage: list[str], instruction: str) -> list[str]:
     raise AssertionError(f"no exec-form {instruction} in the final stage")
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def test_entrypoint_serves_and_healthcheck_answers() -> None:
     stage = final_stage()
     assert any(line.startswith("USER ") and "root" not in line for line in stage)
@@ -65,17 +57,9 @@ def test_entrypoint_serves_and_healthcheck_answers() -> None:
         CNNSERVE_METRICS_PORT=str(metrics_port),
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
     )
-    process = subprocess.Popen(
-        entrypoint, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-    )
+    process, address = spawn_server(entrypoint, env)
     try:
-        assert process.stdout is not None
-        for line in process.stdout:
-            if line.startswith("cnnserve listening on "):
-                assert line.split()[-1] == f"0.0.0.0:{grpc_port}"
-                break
-        else:
-            raise AssertionError("the entrypoint exited before listening")
+        assert address == f"0.0.0.0:{grpc_port}"
         check = [arg.replace(":8001", f":{grpc_port}") for arg in healthcheck]
         result = subprocess.run(check, env=env, capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stdout + result.stderr

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -18,7 +17,7 @@ import pytest
 
 from service.v2 import grpc_service_pb2 as pb
 from service.v2 import grpc_service_pb2_grpc as pb_grpc
-from tests.serving import EXAMPLE_MODELS, REPO_ROOT
+from tests.serving import EXAMPLE_MODELS, REPO_ROOT, free_port, spawn_server
 
 # Standard gRPC client retries: a request refused with UNAVAILABLE was never run, so it is
 # safe to send again (what a production client configures in front of a rolling fleet).
@@ -40,24 +39,12 @@ RETRY = json.dumps(
 )
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def start_server(port: int) -> subprocess.Popen[str]:
-    process = subprocess.Popen(
+    process, _ = spawn_server(
         [sys.executable, "-m", "service", "serve", "--model-repository", str(EXAMPLE_MODELS),
-         "--port", str(port), "--metrics-port", "0", "--grace-period", "30"],
-        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+         "--port", str(port), "--metrics-port", "0", "--grace-period", "30"]
     )  # fmt: skip
-    assert process.stdout is not None
-    for line in process.stdout:
-        if line.startswith("cnnserve listening on "):
-            return process
-    raise AssertionError("server exited before listening")
+    return process
 
 
 @pytest.fixture()

@@ -14,7 +14,6 @@ import io
 import json
 import re
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -30,7 +29,7 @@ from PIL import Image
 
 from service.v2 import grpc_service_pb2 as pb
 from service.v2 import grpc_service_pb2_grpc as pb_grpc
-from tests.serving import REPO_ROOT, ServerThread, running_server
+from tests.serving import REPO_ROOT, ServerThread, free_port, running_server
 
 DEPLOY = REPO_ROOT / "deploy"
 RULES = DEPLOY / "prometheus" / "rules" / "cnnserve.rules.yml"
@@ -58,13 +57,6 @@ def rule_expressions() -> list[str]:
 def for_query(expr: str) -> str:
     """Grafana's variables as the dashboard resolves them for "All" models."""
     return expr.replace("$__rate_interval", "1m").replace('"$model"', '".*"')
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def query(base: str, expr: str) -> list[object]:

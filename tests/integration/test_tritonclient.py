@@ -7,7 +7,7 @@ import pytest
 import tritonclient.grpc as triton
 
 from export.data import digits_split
-from tests.digits import model_path, reported_test_accuracy, served_session
+from tests.digits import MODEL_FILE, reported_test_accuracy, served_session
 from tests.serving import ServerThread
 
 
@@ -82,4 +82,4 @@ def test_request_id_is_echoed(client: triton.InferenceServerClient) -> None:
 
 
 def test_example_repository_model_file_is_committed() -> None:
-    assert model_path().is_file()
+    assert MODEL_FILE.is_file()

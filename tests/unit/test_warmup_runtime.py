@@ -123,3 +123,24 @@ def test_request_deadline_takes_the_earliest() -> None:
                 request_deadline(None, bad, 0)
 
     asyncio.run(check())
+
+
+def test_spinning_is_off_unless_asked(doubler: Path) -> None:
+    key = "session.intra_op.allow_spinning"
+    quiet = OnnxRunner(doubler, intra_op_threads=1).session.get_session_options()
+    assert quiet.get_session_config_entry(key) == "0"
+    spinning = OnnxRunner(doubler, intra_op_threads=1, spin=True).session.get_session_options()
+    try:
+        value = spinning.get_session_config_entry(key)
+    except Exception:  # not set at all: onnxruntime's default, which spins
+        value = None
+    assert value != "0"
+
+
+def test_serve_flags_reach_the_settings() -> None:
+    from service.__main__ import build_parser
+    from service.eventloop import loop_factory
+
+    args = build_parser().parse_args(["serve", "--event-loop", "asyncio", "--ort-spinning"])
+    assert (args.event_loop, args.ort_spinning) == ("asyncio", True)
+    assert loop_factory("asyncio") is asyncio.new_event_loop
