@@ -5,17 +5,70 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from service.config import ServerSettings
+from service.config import ServerSettings, TlsSettings
 from service.eventloop import loop_factory
+
+if TYPE_CHECKING:
+    from service.client import ClientSecurity
+    from service.repository import SchedulerFactory
+    from service.server import CnnserveServer
+
+log = logging.getLogger("cnnserve")
 
 
 def _env(name: str, default: str) -> str:
     return ServerSettings.env_default(name, default)
+
+
+def _path_env(name: str) -> Path | None:
+    value = _env(name, "")
+    return Path(value) if value else None
+
+
+def _client_security_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--ca-cert",
+        type=Path,
+        default=_path_env("CA_CERT"),
+        help="use TLS, trusting this PEM CA (env CNNSERVE_CA_CERT)",
+    )
+    parser.add_argument("--client-cert", type=Path, default=_path_env("CLIENT_CERT"))
+    parser.add_argument("--client-key", type=Path, default=_path_env("CLIENT_KEY"))
+
+
+def _client_security(args: argparse.Namespace) -> ClientSecurity:
+    from service.client import ClientSecurity
+
+    return ClientSecurity(
+        ca_cert=args.ca_cert,
+        cert=args.client_cert,
+        key=args.client_key,
+        token=_env("AUTH_TOKEN", "") or None,
+    )
+
+
+def _auth_token(path: Path | None) -> str | None:
+    """From a file (a Kubernetes Secret mounted as a volume) or CNNSERVE_AUTH_TOKEN."""
+    if path is not None:
+        return path.read_text().strip()
+    return _env("AUTH_TOKEN", "") or None
+
+
+def _tls(args: argparse.Namespace) -> TlsSettings | None:
+    if args.tls_cert is None and args.tls_key is None:
+        if args.tls_client_ca is not None:
+            raise SystemExit("cnnserve: --tls-client-ca needs --tls-cert and --tls-key")
+        return None
+    if args.tls_cert is None or args.tls_key is None:
+        raise SystemExit("cnnserve: TLS needs both --tls-cert and --tls-key")
+    return TlsSettings(args.tls_cert, args.tls_key, args.tls_client_ca)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,6 +123,40 @@ def build_parser() -> argparse.ArgumentParser:
         default=float(_env("GRACE_PERIOD", "30")),
         help="seconds to finish accepted requests on SIGTERM (env CNNSERVE_GRACE_PERIOD)",
     )
+    serve.add_argument(
+        "--model-control-mode",
+        choices=("none", "explicit", "poll"),
+        default=_env("MODEL_CONTROL_MODE", "none"),
+        help="none: serve what loads at start; explicit: RepositoryModelLoad/Unload; "
+        "poll: rescan the repository (env CNNSERVE_MODEL_CONTROL_MODE)",
+    )
+    serve.add_argument(
+        "--poll-interval",
+        type=float,
+        default=float(_env("POLL_INTERVAL", "15")),
+        help="poll mode: seconds between rescans (env CNNSERVE_POLL_INTERVAL)",
+    )
+    serve.add_argument(
+        "--max-message-bytes",
+        type=int,
+        default=int(_env("MAX_MESSAGE_BYTES", str(64 * 1024 * 1024))),
+        help="largest gRPC message either way (env CNNSERVE_MAX_MESSAGE_BYTES; 64 MiB)",
+    )
+    serve.add_argument("--tls-cert", type=Path, default=_path_env("TLS_CERT"), help="PEM")
+    serve.add_argument("--tls-key", type=Path, default=_path_env("TLS_KEY"), help="PEM")
+    serve.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        default=_path_env("TLS_CLIENT_CA"),
+        help="PEM CA: require client certificates signed by it (mutual TLS)",
+    )
+    serve.add_argument(
+        "--auth-token-file",
+        type=Path,
+        default=_path_env("AUTH_TOKEN_FILE"),
+        help="require 'authorization: Bearer <token>' (token read from this file, or from "
+        "env CNNSERVE_AUTH_TOKEN); gRPC health stays open",
+    )
 
     infer = commands.add_parser(
         "infer", help="classify image files with a running server (sent as they are)"
@@ -78,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--model", required=True)
     infer.add_argument("--url", default=_env("URL", "127.0.0.1:8001"), help="host:port")
     infer.add_argument("--top-k", type=int, default=3)
+    _client_security_flags(infer)
 
     health = commands.add_parser(
         "health", help="gRPC health check (exit 0 when SERVING): for container HEALTHCHECKs"
@@ -85,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument("--url", default=_env("URL", "127.0.0.1:8001"), help="host:port")
     health.add_argument("--service", default="", help='"" = the server, or a model name')
     health.add_argument("--timeout", type=float, default=3.0, help="seconds")
+    _client_security_flags(health)
 
     commands.add_parser(
         "export",
@@ -94,10 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _serve(settings: ServerSettings) -> None:
+async def _serve(settings: ServerSettings, make_scheduler: SchedulerFactory | None = None) -> None:
     from service.server import CnnserveServer
 
-    server = CnnserveServer(settings)
+    server = CnnserveServer(settings, make_scheduler)
     await server.start()
     # The "listening on" line is read by tests and `make run` users: keep its format.
     print(f"cnnserve listening on {server.address}", flush=True)
@@ -115,12 +204,27 @@ async def _serve(settings: ServerSettings) -> None:
         f"print(g.InferenceServerClient('{server.address}').get_server_metadata())\"",
         flush=True,
     )
+    await serve_until_signalled(server)
+
+
+async def serve_until_signalled(server: CnnserveServer) -> None:
+    """First SIGTERM/SIGINT: drain (NOT_SERVING, refuse new requests, finish the accepted
+    ones within the grace period) and return. A second one: exit at once, status 1."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, _exit_now, sig)
+    log.info("signal received: draining (a second signal exits at once)")
     await server.aclose()
+
+
+def _exit_now(sig: signal.Signals) -> None:
+    # os._exit: threads blocked in onnxruntime would keep a normal exit waiting.
+    print(f"cnnserve: second {sig.name}: exiting without finishing requests", flush=True)
+    os._exit(1)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -150,6 +254,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             metrics_port=None if args.no_metrics else args.metrics_port,
             event_loop=args.event_loop,
             ort_spinning=args.ort_spinning,
+            model_control_mode=args.model_control_mode,
+            poll_interval_s=args.poll_interval,
+            max_message_bytes=args.max_message_bytes,
+            tls=_tls(args),
+            auth_token=_auth_token(args.auth_token_file),
         )
         try:
             with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
@@ -161,13 +270,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "health":
         from service.client import health_check
 
-        status = health_check(args.url, args.service, args.timeout)
+        status = health_check(args.url, args.service, args.timeout, _client_security(args))
         print(f"{args.service or 'server'} at {args.url}: {status}")
         return 0 if status == "SERVING" else 1
     if args.command == "infer":
         from service.client import classify_files
 
-        for line in classify_files(args.url, args.model, args.images, args.top_k):
+        lines = classify_files(
+            args.url, args.model, args.images, args.top_k, _client_security(args)
+        )
+        for line in lines:
             print(line)
         return 0
     return 2

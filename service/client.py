@@ -9,6 +9,7 @@ the v2 protocol with our own generated stubs, so it needs no tritonclient.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -19,10 +20,42 @@ from service.v2 import grpc_service_pb2 as pb
 from service.v2 import grpc_service_pb2_grpc as pb_grpc
 
 
-def classify_files(address: str, model: str, paths: Sequence[Path], top_k: int) -> list[str]:
-    with grpc.insecure_channel(address) as channel:
+@dataclass(frozen=True)
+class ClientSecurity:
+    """TLS (server verified against `ca_cert`), a client certificate for mutual TLS, and a
+    bearer token; all optional."""
+
+    ca_cert: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    token: str | None = field(default=None, repr=False)
+
+    def channel(self, address: str) -> grpc.Channel:
+        if self.ca_cert is None:
+            return grpc.insecure_channel(address)
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=self.ca_cert.read_bytes(),
+            private_key=self.key.read_bytes() if self.key else None,
+            certificate_chain=self.cert.read_bytes() if self.cert else None,
+        )
+        return grpc.secure_channel(address, credentials)
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.token}"),) if self.token else ()
+
+
+def classify_files(
+    address: str,
+    model: str,
+    paths: Sequence[Path],
+    top_k: int,
+    security: ClientSecurity = ClientSecurity(),
+) -> list[str]:
+    with security.channel(address) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
-        metadata = stub.ModelMetadata(pb.ModelMetadataRequest(name=model))
+        auth = security.metadata
+        metadata = stub.ModelMetadata(pb.ModelMetadataRequest(name=model), metadata=auth)
         if len(metadata.inputs) != 1 or len(metadata.outputs) < 1:
             raise SystemExit(f"model '{model}' must have one image input")
         files = np.empty(len(paths), dtype=np.object_)
@@ -32,7 +65,7 @@ def classify_files(address: str, model: str, paths: Sequence[Path], top_k: int) 
         request.raw_input_contents.append(serialize_bytes_tensor(files))
         output = request.outputs.add(name=metadata.outputs[0].name)
         output.parameters["classification"].int64_param = top_k
-        response = stub.ModelInfer(request)
+        response = stub.ModelInfer(request, metadata=auth)
     shape = list(response.outputs[0].shape)
     count = int(np.prod(shape))
     ranked = deserialize_bytes_tensor("output", response.raw_output_contents[0], count)
@@ -47,11 +80,14 @@ def classify_files(address: str, model: str, paths: Sequence[Path], top_k: int) 
     return lines
 
 
-def health_check(address: str, service: str, timeout_s: float) -> str:
-    """The gRPC health status name of `service` ("" = the server), or why it has none."""
+def health_check(
+    address: str, service: str, timeout_s: float, security: ClientSecurity = ClientSecurity()
+) -> str:
+    """The gRPC health status name of `service` ("" = the server), or why it has none.
+    Health needs no token, but a TLS server needs a TLS channel."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with grpc.insecure_channel(address) as channel:
+    with security.channel(address) as channel:
         try:
             answer = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=timeout_s

@@ -288,6 +288,16 @@ def load_model_overrides(model: str, path: Path) -> ModelOverrides:
 
 
 @dataclass(frozen=True)
+class TlsSettings:
+    """Server certificate and key (PEM); with `client_ca`, clients must present a
+    certificate signed by it (mutual TLS)."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+
+@dataclass(frozen=True)
 class ServerSettings:
     """Process-wide settings, from flags or CNNSERVE_* environment variables."""
 
@@ -299,6 +309,13 @@ class ServerSettings:
     metrics_port: int | None = 8002  # Prometheus /metrics; 0 = any free port; None = off
     event_loop: str = "auto"  # auto (uvloop when installed) | asyncio
     ort_spinning: bool = False  # onnxruntime intra-op threads busy-wait (bench/README.md)
+    model_control_mode: str = "none"  # none | explicit | poll (service.repository)
+    poll_interval_s: float = 15.0  # poll mode: seconds between repository rescans
+    # gRPC limits both ways; a bigger message is refused with RESOURCE_EXHAUSTED. 64 MiB
+    # holds a batch of 64 uint8 224x224x3 images (9.6 MB) many times over.
+    max_message_bytes: int = 64 * 1024 * 1024
+    tls: TlsSettings | None = None
+    auth_token: str | None = field(default=None, repr=False)  # never logged
 
     @staticmethod
     def env_default(name: str, default: str) -> str:

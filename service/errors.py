@@ -62,6 +62,19 @@ class ConfigError(CnnserveError):
     code = grpc.StatusCode.FAILED_PRECONDITION
 
 
+class FailedPrecondition(CnnserveError):
+    """The request is valid but the server is not in a state to do it (e.g. model control
+    disabled)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class Unauthenticated(CnnserveError):
+    """A missing or wrong bearer token."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
 class ModelLoadError(CnnserveError):
     """A model file could not be loaded; the model is reported not ready with this reason."""
 

@@ -11,7 +11,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import grpc
@@ -24,7 +24,7 @@ from service.codec import (
     encode_infer_response,
     set_parameter,
 )
-from service.errors import CnnserveError, InvalidArgument, Unavailable
+from service.errors import CnnserveError, InvalidArgument, NotFound, Unavailable
 from service.metrics import UNKNOWN_MODEL, Metrics, ModelStats
 from service.model import ServedModel
 from service.repository import ModelRepository
@@ -45,6 +45,7 @@ TIMEOUT_PARAMETER = "timeout"
 EXTENSIONS: tuple[str, ...] = (
     "classification",
     "model_configuration",
+    "model_repository",
     "schedule_policy",
     "statistics",
 )
@@ -226,25 +227,26 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._in_flight += 1
         self._idle.clear()
         try:
-            model = self._repository.get(request.model_name, request.model_version)
-            if self._draining:  # counted like any other answer (code UNAVAILABLE)
-                raise Unavailable(
-                    "the server is shutting down; send the request to another replica"
+            with self._repository.lease(request.model_name, request.model_version) as leased:
+                model = leased
+                if self._draining:  # counted like any other answer (code UNAVAILABLE)
+                    raise Unavailable(
+                        "the server is shutting down; send the request to another replica"
+                    )
+                decoded = decode_infer_request(request, model.check_headers)
+                rows = decoded.batch_size
+                deadline = request_deadline(
+                    context.time_remaining(),
+                    decoded.parameters.get(TIMEOUT_PARAMETER),
+                    model.config.dynamic_batching.default_timeout_us,
                 )
-            decoded = decode_infer_request(request, model.check_headers)
-            rows = decoded.batch_size
-            deadline = request_deadline(
-                context.time_remaining(),
-                decoded.parameters.get(TIMEOUT_PARAMETER),
-                model.config.dynamic_batching.default_timeout_us,
-            )
-            outputs = await model.infer(decoded, deadline=deadline)
-            response = encode_infer_response(
-                model_name=model.name,
-                model_version=str(model.version),
-                request_id=decoded.id,
-                outputs=outputs,
-            )
+                outputs = await model.infer(decoded, deadline=deadline)
+                response = encode_infer_response(
+                    model_name=model.name,
+                    model_version=str(model.version),
+                    request_id=decoded.id,
+                    outputs=outputs,
+                )
             code = grpc.StatusCode.OK
             return response
         except CnnserveError as exc:
@@ -286,6 +288,57 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 continue
             statistics_message(stats, response.model_stats.add(name=name, version=version))
         return response
+
+    @_boundary
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context: Context
+    ) -> pb.RepositoryIndexResponse:
+        _check_repository_name(request.repository_name)
+        response = pb.RepositoryIndexResponse()
+        for row in self._repository.index(ready_only=request.ready):
+            response.models.add(
+                name=row.name, version=row.version, state=row.state.value, reason=row.reason
+            )
+        return response
+
+    @_boundary
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: Context
+    ) -> pb.RepositoryModelLoadResponse:
+        _check_repository_name(request.repository_name)
+        _refuse_parameters("RepositoryModelLoad", request.parameters)
+        self._repository.check_control("load")
+        if self._draining:
+            raise Unavailable("the server is shutting down")
+        await self._repository.load(request.model_name)
+        return pb.RepositoryModelLoadResponse()
+
+    @_boundary
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: Context
+    ) -> pb.RepositoryModelUnloadResponse:
+        _check_repository_name(request.repository_name)
+        _refuse_parameters("RepositoryModelUnload", request.parameters)
+        self._repository.check_control("unload")
+        await self._repository.unload(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+
+def _check_repository_name(name: str) -> None:
+    if name:  # one repository per server: only "" (any) is meaningful
+        raise NotFound(f"unknown repository '{name}': cnnserve serves one, named ''")
+
+
+def _refuse_parameters(method: str, parameters: Mapping[str, pb.ModelRepositoryParameter]) -> None:
+    """Triton's `config` and `file:` overrides are not supported: say so rather than
+    silently loading something other than what the client asked for."""
+    # tritonclient's unload_model always sends unload_dependents=false: harmless.
+    unsupported = sorted(k for k in parameters if k != "unload_dependents")
+    if unsupported:
+        raise InvalidArgument(
+            f"{method}: parameters {unsupported} are not supported; put the model's files "
+            "and config.yaml in the repository and load it by name"
+        )
 
 
 def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:

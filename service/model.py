@@ -40,6 +40,8 @@ class ServedModel:
     preprocess: BoundPreprocess | None = None
     metrics: ModelMetrics | None = None
     _decoder: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
+    _users: int = field(default=0, init=False, repr=False)
+    _unused: asyncio.Event = field(default_factory=asyncio.Event, init=False, repr=False)
 
     @property
     def name(self) -> str:
@@ -56,6 +58,22 @@ class ServedModel:
                 max_workers=os.cpu_count() or 1, thread_name_prefix=f"decode-{self.name}"
             )
         await self.scheduler.start()
+
+    def acquire(self) -> None:
+        """A request starts using this version (see ModelRepository.lease)."""
+        self._users += 1
+        self._unused.clear()
+
+    def release(self) -> None:
+        self._users -= 1
+        if self._users == 0:
+            self._unused.set()
+
+    async def retire(self) -> None:
+        """Close once the requests that hold this version have finished (after a swap)."""
+        if self._users:
+            await self._unused.wait()
+        await self.aclose()
 
     async def aclose(self) -> None:
         await self.scheduler.aclose()

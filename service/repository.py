@@ -3,7 +3,8 @@
 Layout: `<root>/<model>/<version>/model.onnx` with optional `<root>/<model>/config.yaml`
 and `<root>/<model>/labels.txt`. Versions are positive integers; the highest is served.
 A model that fails to load is kept in the index as UNAVAILABLE with its reason, and every
-other model serves.
+other model serves. Model names are folder names: a name that is not a plain folder name,
+or that resolves outside the root, is refused.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
@@ -21,7 +23,14 @@ import onnx
 
 from service.batcher import BatchObserver, BatchPolicy, DynamicBatcher
 from service.config import ModelConfig, ModelOverrides, load_model_overrides
-from service.errors import CnnserveError, ModelLoadError, NotFound, Unavailable
+from service.errors import (
+    CnnserveError,
+    FailedPrecondition,
+    InvalidArgument,
+    ModelLoadError,
+    NotFound,
+    Unavailable,
+)
 from service.metrics import Metrics
 from service.model import ServedModel
 from service.preprocess import BoundPreprocess, attach, bind, parse_preprocessing
@@ -74,20 +83,58 @@ class ModelState(StrEnum):
     UNAVAILABLE = "UNAVAILABLE"
 
 
+class ControlMode(StrEnum):
+    """Triton's model control modes. NONE: what loads at start serves until exit.
+    EXPLICIT: RepositoryModelLoad/Unload (tritonclient's load_model/unload_model).
+    POLL: the repository is rescanned every poll interval; new versions load by themselves."""
+
+    NONE = "none"
+    EXPLICIT = "explicit"
+    POLL = "poll"
+
+
+# A version's files as last seen: (path, mtime_ns, size) of model.onnx and config.yaml.
+FileStamp = tuple[tuple[str, int, int], ...]
+ModelListener = Callable[[str, bool], Awaitable[None]]
+
+
 @dataclass
 class ModelEntry:
     name: str
     reason: str = ""
     versions: list[int] = field(default_factory=list)
     served: ServedModel | None = None
+    stamp: FileStamp = ()  # of the served version's files
+    # Versions that failed to load, with why, and the files that failed (not retried by the
+    # poller until they change).
+    failures: dict[int, tuple[str, FileStamp]] = field(default_factory=dict)
 
     @property
     def state(self) -> ModelState:
         return ModelState.READY if self.served is not None else ModelState.UNAVAILABLE
 
 
+@dataclass(frozen=True)
+class IndexEntry:
+    name: str
+    version: str
+    state: ModelState
+    reason: str
+
+
 def valid_model_name(name: str) -> bool:
     return bool(_MODEL_NAME.match(name)) and ".." not in name
+
+
+def file_stamp(model_dir: Path, version: int) -> FileStamp:
+    stamps = []
+    for path in (model_dir / str(version) / MODEL_FILE, model_dir / CONFIG_FILE):
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            continue
+        stamps.append((str(path), stat.st_mtime_ns, stat.st_size))
+    return tuple(stamps)
 
 
 def discover_versions(model_dir: Path) -> list[int]:
@@ -205,55 +252,198 @@ def load_model(
 
 
 class ModelRepository:
+    """The models served, by name; loads, reloads and unloads them.
+
+    A new version is loaded and warmed beside the one serving, then swapped in at once
+    (one assignment on the event loop). Requests hold a lease on the version they started
+    on, so the old one is closed only after its last request has finished. A version that
+    fails to load leaves the one serving in place, with the failure in `index()`.
+    """
+
     def __init__(
         self,
         root: Path,
         make_scheduler: SchedulerFactory = default_scheduler,
         metrics: Metrics | None = None,
         ort_spinning: bool = False,
+        control_mode: ControlMode = ControlMode.NONE,
+        on_change: ModelListener | None = None,
     ) -> None:
         self.root = root.resolve()
         self._make_scheduler = make_scheduler
         self.metrics = metrics
         self._ort_spinning = ort_spinning
+        self.control_mode = control_mode
+        self._on_change = on_change
         self._entries: dict[str, ModelEntry] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._retiring: set[asyncio.Task[None]] = set()
+        self.polls = 0  # completed rescans (poll mode)
+        self._polled = asyncio.Condition()
 
     async def load_all(self) -> None:
         if not self.root.is_dir():
             raise NotFound(f"model repository {self.root} is not a directory")
         for model_dir in sorted(self.root.iterdir()):
             if model_dir.is_dir() and not model_dir.name.startswith("."):
-                self._entries[model_dir.name] = await self._load_entry(model_dir)
+                await self._load_logged(model_dir.name)
 
-    async def _load_entry(self, model_dir: Path) -> ModelEntry:
-        name = model_dir.name
-        if not valid_model_name(name):
-            return ModelEntry(name, f"invalid model name '{name}'")
-        versions = discover_versions(model_dir)
-        if not versions:
-            reason = f"no version folder with {MODEL_FILE} under {model_dir}"
-            log.error("model %s not loaded: %s", name, reason)
-            return ModelEntry(name, reason, versions)
-        version = versions[-1]
+    async def _load_logged(self, name: str) -> None:
+        """Load at start-up or on a poll: a failure is recorded and logged, not raised."""
         try:
-            served = await asyncio.to_thread(
-                load_model,
-                model_dir,
-                version,
-                self._make_scheduler,
-                self.metrics,
-                self._ort_spinning,
-            )
-            await served.start()
+            await self.load(name)
         except CnnserveError as exc:
-            log.error("model %s version %d not loaded: %s", name, version, exc.message)
-            if self.metrics is not None:
-                self.metrics.model_ready.labels(name, str(version)).set(0)
-            return ModelEntry(name, exc.message, versions)
-        return ModelEntry(name, "", versions, served)
+            log.error("%s", exc.message)
+            self._entries.setdefault(name, ModelEntry(name, exc.message))
+
+    def model_dir(self, name: str) -> Path:
+        """The folder of model `name`, refusing any name that could leave the root."""
+        path = self._checked_path(name)
+        if not path.is_dir():
+            raise NotFound(f"no model folder '{name}' in the model repository {self.root}")
+        return path
+
+    def _checked_path(self, name: str) -> Path:
+        if not valid_model_name(name):
+            raise InvalidArgument(
+                f"invalid model name {name!r}: use letters, digits, '_', '.' and '-' "
+                "(no path separators, no '..', at most 128 characters)"
+            )
+        path = self.root / name
+        if not path.resolve().is_relative_to(self.root):  # a symlink pointing outside
+            raise InvalidArgument(f"model '{name}' resolves outside the model repository")
+        return path
+
+    def check_control(self, action: str) -> None:
+        if self.control_mode is not ControlMode.EXPLICIT:
+            raise FailedPrecondition(
+                f"cannot {action} models: model control mode is '{self.control_mode.value}' "
+                "(start the server with --model-control-mode explicit)"
+            )
+
+    async def load(self, name: str) -> None:
+        """Load (or reload) the highest version of `name`; raise why if it cannot."""
+        model_dir = self.model_dir(name)
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            entry = self._entries.setdefault(name, ModelEntry(name))
+            entry.versions = discover_versions(model_dir)
+            if not entry.versions:
+                entry.reason = f"no version folder with {MODEL_FILE} under {model_dir}"
+                raise ModelLoadError(f"model {name} not loaded: {entry.reason}")
+            version = entry.versions[-1]
+            stamp = file_stamp(model_dir, version)
+            served = entry.served
+            if served is not None and served.version == version and entry.stamp == stamp:
+                return  # already serving exactly these files
+            try:
+                fresh = await asyncio.to_thread(
+                    load_model,
+                    model_dir,
+                    version,
+                    self._make_scheduler,
+                    self.metrics,
+                    self._ort_spinning,
+                )
+                await fresh.start()
+            except CnnserveError as exc:
+                entry.failures[version] = (exc.message, stamp)
+                if served is None:
+                    entry.reason = exc.message
+                    if self.metrics is not None:
+                        self.metrics.model_ready.labels(name, str(version)).set(0)
+                keeps = f"; version {served.version} keeps serving" if served else ""
+                raise ModelLoadError(
+                    f"model {name} version {version} not loaded: {exc.message}{keeps}"
+                ) from exc
+            entry.served, entry.stamp, entry.reason = fresh, stamp, ""
+            entry.failures.pop(version, None)
+            log.info("model %s version %d serving", name, version)
+            await self._notify(name, True)
+            if served is not None:
+                self._retire_later(served, keep_ready=served.version == version)
+
+    async def unload(self, name: str, reason: str = "unloaded") -> None:
+        """Stop serving `name`: new requests get UNAVAILABLE; accepted ones finish first."""
+        self._checked_path(name)  # the same name checks as load
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            entry = self.entry(name)
+            served, entry.served, entry.stamp = entry.served, None, ()
+            entry.reason = reason
+            await self._notify(name, False)
+            if served is not None:
+                await self._retire(served)
+        log.info("model %s unloaded", name)
+
+    async def poll_once(self) -> None:
+        """Rescan the root: load new models and changed versions, unload removed models.
+        A version that failed is retried only once its files change."""
+        present = {d.name for d in self.root.iterdir() if d.is_dir() and not d.name.startswith(".")}
+        for name in sorted(present):
+            if not valid_model_name(name):
+                continue
+            entry = self._entries.get(name)
+            versions = discover_versions(self.root / name)
+            if not versions:
+                continue
+            stamp = file_stamp(self.root / name, versions[-1])
+            if entry is not None:
+                serving = entry.served is not None and entry.served.version == versions[-1]
+                failed = entry.failures.get(versions[-1])
+                if (serving and entry.stamp == stamp) or (failed and failed[1] == stamp):
+                    continue
+            await self._load_logged(name)
+        for name, entry in list(self._entries.items()):
+            if name not in present and entry.served is not None:
+                await self.unload(name, "removed from the model repository")
+        async with self._polled:
+            self.polls += 1
+            self._polled.notify_all()
+
+    async def wait_for_polls(self, count: int) -> None:
+        """Until `count` rescans have completed (for observers: tests, tools)."""
+        async with self._polled:
+            await self._polled.wait_for(lambda: self.polls >= count)
+
+    async def poll_forever(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)  # the poll period itself, not synchronisation
+            try:
+                await self.poll_once()
+            except OSError as exc:  # the repository folder vanished or is unreadable
+                log.error("model repository poll failed: %s", exc)
+
+    async def _notify(self, name: str, ready: bool) -> None:
+        if self._on_change is not None:
+            await self._on_change(name, ready)
+
+    def _retire_later(self, served: ServedModel, *, keep_ready: bool) -> None:
+        task = asyncio.create_task(self._retire(served, keep_ready=keep_ready))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def _retire(self, served: ServedModel, *, keep_ready: bool = False) -> None:
+        if self.metrics is not None and not keep_ready:
+            self.metrics.model_ready.labels(served.name, str(served.version)).set(0)
+        await served.retire()
 
     def entries(self) -> list[ModelEntry]:
         return list(self._entries.values())
+
+    def index(self, *, ready_only: bool = False) -> list[IndexEntry]:
+        """Per model and version: READY, or UNAVAILABLE with the reason (Triton's index)."""
+        rows: list[IndexEntry] = []
+        for name, entry in sorted(self._entries.items()):
+            served = entry.served
+            if served is not None:
+                rows.append(IndexEntry(name, str(served.version), ModelState.READY, ""))
+            if ready_only:
+                continue
+            for version, (reason, _) in sorted(entry.failures.items()):
+                if served is None or version != served.version:
+                    rows.append(IndexEntry(name, str(version), ModelState.UNAVAILABLE, reason))
+            if served is None and not entry.failures:
+                rows.append(IndexEntry(name, "", ModelState.UNAVAILABLE, entry.reason))
+        return rows
 
     def entry(self, name: str) -> ModelEntry:
         found = self._entries.get(name)
@@ -274,6 +464,17 @@ class ModelRepository:
             )
         return served
 
+    @contextmanager
+    def lease(self, name: str, version: str = "") -> Iterator[ServedModel]:
+        """The served model, held until the block ends: a swap or unload meanwhile waits
+        for this request before closing the version it runs on."""
+        served = self.get(name, version)
+        served.acquire()
+        try:
+            yield served
+        finally:
+            served.release()
+
     def is_ready(self, name: str, version: str = "") -> bool:
         try:
             self.get(name, version)
@@ -282,6 +483,8 @@ class ModelRepository:
         return True
 
     async def aclose(self) -> None:
+        if self._retiring:
+            await asyncio.gather(*self._retiring)
         for entry in self._entries.values():
             if entry.served is not None:
                 await entry.served.aclose()

@@ -7,6 +7,8 @@ in-flight ones finish within the grace period, drain schedulers, release runtime
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -22,7 +24,13 @@ from prometheus_client import CollectorRegistry, start_http_server
 from service.config import ServerSettings
 from service.grpc_api import InferenceServicer, add_to_server
 from service.metrics import Metrics, register_gpu_memory
-from service.repository import ModelRepository, SchedulerFactory, scheduler_factory
+from service.repository import (
+    ControlMode,
+    ModelRepository,
+    SchedulerFactory,
+    scheduler_factory,
+)
+from service.security import BearerTokenInterceptor, server_credentials
 from service.v2 import POOL
 from service.v2 import grpc_service_pb2 as pb
 
@@ -58,7 +66,10 @@ class CnnserveServer:
             make_scheduler or scheduler_factory(batching=settings.batching),
             self.metrics,
             ort_spinning=settings.ort_spinning,
+            control_mode=ControlMode(settings.model_control_mode),
+            on_change=self._model_changed,
         )
+        self._poller: asyncio.Task[None] | None = None
         self._servicer: InferenceServicer | None = None
         self._metrics_http: WSGIServer | None = None
         self._metrics_thread: threading.Thread | None = None
@@ -77,7 +88,17 @@ class CnnserveServer:
 
     async def start(self) -> None:
         await self.repository.load_all()
-        server = grpc.aio.server()
+        settings = self.settings
+        limit = settings.max_message_bytes
+        server = grpc.aio.server(
+            interceptors=(
+                [BearerTokenInterceptor(settings.auth_token)] if settings.auth_token else []
+            ),
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+            ],
+        )
         self._servicer = InferenceServicer(
             self.repository, is_ready=self.is_ready, metrics=self.metrics
         )
@@ -92,7 +113,11 @@ class CnnserveServer:
             server,
             pool=_reflection_pool(),
         )
-        self.port = server.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
+        bind = f"{settings.host}:{settings.port}"
+        if settings.tls is not None:
+            self.port = server.add_secure_port(bind, server_credentials(settings.tls))
+        else:
+            self.port = server.add_insecure_port(bind)
         if self.port == 0:
             raise OSError(f"cannot bind {self.settings.host}:{self.settings.port}")
         await server.start()
@@ -112,6 +137,10 @@ class CnnserveServer:
             self.metrics_port = http.server_port
         await self._publish_health()
         self._ready = True
+        if self.repository.control_mode is ControlMode.POLL:
+            self._poller = asyncio.create_task(
+                self.repository.poll_forever(settings.poll_interval_s), name="repository-poll"
+            )
         log.info("cnnserve listening on %s", self.address)
 
     async def _publish_health(self) -> None:
@@ -120,10 +149,19 @@ class CnnserveServer:
             status = SERVING if entry.served is not None else NOT_SERVING
             await self.health.set(entry.name, status)
 
+    async def _model_changed(self, name: str, ready: bool) -> None:
+        if self._ready:  # at start-up, _publish_health sets every model at once
+            await self.health.set(name, SERVING if ready else NOT_SERVING)
+
     async def aclose(self) -> None:
         """Graceful: NOT_SERVING, refuse new inferences (UNAVAILABLE), finish the accepted
         ones within the grace period, then stop gRPC, drain the batchers, free the models."""
         self._ready = False
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+            self._poller = None
         await self.health.enter_graceful_shutdown()  # every service reports NOT_SERVING
         deadline = time.monotonic() + self.settings.grace_period_s
         if self._servicer is not None:

@@ -66,13 +66,16 @@ def running_server(
     repository: Path = EXAMPLE_MODELS,
     make_scheduler: SchedulerFactory | None = None,
     grace_period_s: float = 5.0,
+    **overrides: Any,
 ) -> Iterator[ServerThread]:
+    """`overrides`: any other ServerSettings field (control mode, TLS, token, limits)."""
     settings = ServerSettings(
         model_repository=repository,
         host="127.0.0.1",
         port=0,
         grace_period_s=grace_period_s,
         metrics_port=0,
+        **overrides,
     )
     handle = ServerThread(CnnserveServer(settings, make_scheduler))
     handle.start()

@@ -1,0 +1,53 @@
+"""`python -m tests.held_server REPOSITORY`: the real `cnnserve serve` path (signals, drain,
+exit) with every model's runs held until a line arrives on stdin.
+
+Prints "held" when the first batch reaches a runner, so a test knows a request has been
+accepted and is in progress when it sends SIGTERM, without timing anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from service.__main__ import _serve
+from service.batcher import BatchObserver
+from service.config import ModelConfig, ServerSettings
+from service.runtime import OnnxRunner
+from service.scheduler import Scheduler
+from tests.serving import GatedRunner, gated_scheduler
+
+
+def main() -> None:
+    gates: list[GatedRunner] = []
+
+    def release_on_stdin() -> None:
+        sys.stdin.readline()
+        for gate in gates:
+            gate.release()
+
+    def announce_first_run(gate: GatedRunner) -> None:
+        gate.entered.wait()
+        print("held", flush=True)
+
+    held = gated_scheduler(gates)
+
+    def make(
+        config: ModelConfig, runners: Sequence[OnnxRunner], observer: BatchObserver | None
+    ) -> Scheduler:
+        scheduler = held(config, runners, observer)
+        threading.Thread(target=announce_first_run, args=(gates[-1],), daemon=True).start()
+        return scheduler
+
+    threading.Thread(target=release_on_stdin, daemon=True).start()
+    settings = ServerSettings(
+        model_repository=Path(sys.argv[1]), port=0, metrics_port=None, grace_period_s=60
+    )
+    asyncio.run(_serve(settings, make))
+
+
+if __name__ == "__main__":
+    main()

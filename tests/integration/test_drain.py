@@ -1,0 +1,144 @@
+"""SIGTERM while requests are in progress, on the real `cnnserve serve` path (a process, a
+real signal): health turns NOT_SERVING, new requests get UNAVAILABLE, every accepted one
+completes with its correct answer, then the process exits 0. A second signal exits at once.
+
+Runs are held in the runner (tests/held_server.py) so that "in progress" is a fact, not a
+timing: the server prints "held" once a batch is inside onnxruntime's runner."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+
+import grpc
+import numpy as np
+import pytest
+
+from service.client import health_check
+from service.v2 import grpc_service_pb2 as pb
+from service.v2 import grpc_service_pb2_grpc as pb_grpc
+from tests.digits import served_session
+from tests.serving import EXAMPLE_MODELS, REPO_ROOT
+
+HELD = 4  # requests in progress when the signal arrives
+
+
+def pixels(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (1, 8, 8, 1), dtype=np.uint8)
+
+
+def request(seed: int) -> pb.ModelInferRequest:
+    message = pb.ModelInferRequest(model_name="digits")
+    message.inputs.add(name="image", datatype="UINT8", shape=[1, 8, 8, 1])
+    message.raw_input_contents.append(pixels(seed).tobytes())
+    return message
+
+
+@pytest.fixture()
+def held_server() -> Iterator[tuple[subprocess.Popen[str], str]]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.held_server", str(EXAMPLE_MODELS)],
+        cwd=REPO_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    assert process.stdout is not None
+    address = ""
+    for line in process.stdout:
+        if line.startswith("cnnserve listening on "):
+            address = line.split()[-1]
+            break
+    assert address, f"the server exited ({process.wait()}) before listening"
+    try:
+        yield process, address
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def start_held_requests(address: str) -> tuple[list[object], list[threading.Thread]]:
+    answers: list[object] = [None] * HELD
+
+    def send(i: int) -> None:
+        with grpc.insecure_channel(address) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            try:
+                answers[i] = stub.ModelInfer(request(i), timeout=120)
+            except grpc.RpcError as exc:
+                answers[i] = exc.code()
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(HELD)]
+    for thread in threads:
+        thread.start()
+    return answers, threads
+
+
+def wait_for_line(process: subprocess.Popen[str], expected: str) -> None:
+    assert process.stdout is not None
+    for line in process.stdout:  # blocks until the server prints it
+        if line.strip() == expected:
+            return
+    raise AssertionError(f"the server exited before printing {expected!r}")
+
+
+def until_not_serving(address: str) -> None:
+    """The signal is handled asynchronously: ask until health says so (each ask is a real
+    round trip; bounded)."""
+    for _ in range(1000):
+        if health_check(address, "", 5) == "NOT_SERVING":
+            return
+    raise AssertionError("health never reported NOT_SERVING after SIGTERM")
+
+
+def late_request_code(address: str) -> tuple[grpc.StatusCode, str]:
+    with grpc.insecure_channel(address) as channel, pytest.raises(grpc.RpcError) as refused:
+        pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request(99), timeout=30)
+    return refused.value.code(), str(refused.value.details())
+
+
+def test_sigterm_drains_accepted_requests_and_refuses_later_ones(
+    held_server: tuple[subprocess.Popen[str], str],
+) -> None:
+    process, address = held_server
+    answers, threads = start_held_requests(address)
+    wait_for_line(process, "held")  # a batch is inside the runner
+    # The other requests were sent before the signal: each is accepted (queued) or, if it
+    # lost the race with the signal, refused with UNAVAILABLE. Nothing else is allowed.
+    process.send_signal(signal.SIGTERM)
+    until_not_serving(address)
+    code, details = late_request_code(address)
+    assert code == grpc.StatusCode.UNAVAILABLE and "shutting down" in details
+    assert process.poll() is None  # still draining: the held batch has not finished
+    assert process.stdin is not None
+    process.stdin.write("release\n")
+    process.stdin.flush()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert process.wait(timeout=60) == 0
+
+    reference = served_session()
+    completed = 0
+    for i, answer in enumerate(answers):
+        if answer == grpc.StatusCode.UNAVAILABLE:
+            continue
+        assert isinstance(answer, pb.ModelInferResponse), f"request {i}: {answer}"
+        got = np.frombuffer(answer.raw_output_contents[0], dtype=np.float32)
+        (want,) = reference.run(["probabilities"], {"image": pixels(i)})
+        np.testing.assert_array_equal(got, np.asarray(want).reshape(-1))
+        completed += 1
+    assert completed >= 1  # at least the held batch was accepted and completed
+
+
+def test_a_second_signal_exits_at_once(held_server: tuple[subprocess.Popen[str], str]) -> None:
+    process, address = held_server
+    _, threads = start_held_requests(address)
+    wait_for_line(process, "held")
+    process.send_signal(signal.SIGTERM)
+    until_not_serving(address)
+    process.send_signal(signal.SIGINT)  # the held batch would block a drain for 60 s
+    assert process.wait(timeout=30) == 1
+    for thread in threads:
+        thread.join(timeout=60)
