@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from service.config import ServerSettings, TlsSettings
+from service.errors import CnnserveError
 from service.eventloop import loop_factory
 
 if TYPE_CHECKING:
@@ -57,7 +58,10 @@ def _client_security(args: argparse.Namespace) -> ClientSecurity:
 def _auth_token(path: Path | None) -> str | None:
     """From a file (a Kubernetes Secret mounted as a volume) or CNNSERVE_AUTH_TOKEN."""
     if path is not None:
-        return path.read_text().strip()
+        try:
+            return path.read_text().strip()
+        except OSError as exc:
+            raise SystemExit(f"cnnserve: cannot read the auth token file {path}: {exc}") from None
     return _env("AUTH_TOKEN", "") or None
 
 
@@ -265,6 +269,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 runner.run(_serve(settings))
         except OSError as exc:  # a port in use, an unreadable repository
             print(f"cnnserve: {exc}", file=sys.stderr)
+            return 1
+        except CnnserveError as exc:  # e.g. an unreadable TLS certificate
+            print(f"cnnserve: {exc.message}", file=sys.stderr)
             return 1
         return 0
     if args.command == "health":

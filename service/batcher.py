@@ -195,19 +195,17 @@ class DynamicBatcher:
 
     # -- admission ---------------------------------------------------------------------
 
-    async def submit(
-        self,
-        inputs: Mapping[str, npt.NDArray[np.generic]],
-        output_names: Sequence[str],
-        *,
-        batch_size: int,
-        deadline: float | None,
-    ) -> Arrays:
+    def check_admission(self, batch_size: int, deadline: float | None) -> None:
+        """Raise now what `submit` would answer, before the caller spends work (decoding
+        images) on a request that would be refused: under overload the refusals stay cheap.
+        Advisory only: `submit` checks again."""
+        self._admit(batch_size, deadline, asyncio.get_running_loop().time())
+
+    def _admit(self, batch_size: int, deadline: float | None, now: float) -> int:
+        """The rows a request takes in the queue, or the error that refuses it."""
         if self._dispatcher is None or self._closing:
             self._reject(SHUTTING_DOWN)
             raise Unavailable(f"model '{self._name}' is not accepting requests (shutting down)")
-        loop = asyncio.get_running_loop()
-        now = loop.time()
         if deadline is not None and now >= deadline:
             self._reject(DEADLINE)
             raise DeadlineExceeded("the request's deadline passed before it was queued")
@@ -224,6 +222,19 @@ class DynamicBatcher:
                 f"model '{self._name}' queue is full ({self._queued_rows} of "
                 f"{self.policy.max_queue_size} rows waiting); retry later"
             )
+        return rows
+
+    async def submit(
+        self,
+        inputs: Mapping[str, npt.NDArray[np.generic]],
+        output_names: Sequence[str],
+        *,
+        batch_size: int,
+        deadline: float | None,
+    ) -> Arrays:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        rows = self._admit(batch_size, deadline, now)
         pending = _Pending(
             inputs=inputs,
             output_names=tuple(output_names),

@@ -145,6 +145,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._last_arrival = 0.0  # loop time of the latest ModelInfer
 
     async def drain(self, timeout_s: float) -> bool:
         """Refuse new inferences with UNAVAILABLE (retryable: they never ran) and wait for
@@ -158,6 +159,19 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         except TimeoutError:
             return False
         return True
+
+    async def quiesce(self, quiet_s: float, limit_s: float) -> None:
+        """While draining: keep answering UNAVAILABLE until no inference has arrived for
+        `quiet_s` (at most `limit_s`). Stopping the gRPC server cancels calls that arrived
+        but that no handler has picked up yet (CANCELLED, not the retryable UNAVAILABLE);
+        waiting for the clients to go elsewhere first avoids that race."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + limit_s
+        while (now := loop.time()) < end:
+            quiet_for = now - self._last_arrival
+            if quiet_for >= quiet_s:
+                return
+            await asyncio.sleep(min(quiet_s - quiet_for, end - now))  # a timer, by design
 
     @_boundary
     async def ServerLive(
@@ -226,6 +240,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         code = grpc.StatusCode.INTERNAL
         self._in_flight += 1
         self._idle.clear()
+        self._last_arrival = asyncio.get_running_loop().time()
         try:
             with self._repository.lease(request.model_name, request.model_version) as leased:
                 model = leased

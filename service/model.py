@@ -94,6 +94,7 @@ class ServedModel:
         pre = self.preprocess
         if pre is not None and inputs[pre.input_name].dtype == np.object_:
             assert self._decoder is not None
+            self.scheduler.check_admission(request.batch_size, deadline)
             images = inputs[pre.input_name].reshape(-1)
             loop = asyncio.get_running_loop()
             started = loop.time()

@@ -28,6 +28,10 @@ class Runner(Protocol):
 class Scheduler(Protocol):
     async def start(self) -> None: ...
 
+    def check_admission(self, batch_size: int, deadline: float | None) -> None:
+        """Raise the error `submit` would raise for lack of room, without queueing."""
+        ...
+
     async def submit(
         self,
         inputs: Mapping[str, npt.NDArray[np.generic]],

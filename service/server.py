@@ -36,6 +36,10 @@ from service.v2 import grpc_service_pb2 as pb
 
 log = logging.getLogger(__name__)
 
+# After the drain: stop gRPC once no inference has arrived for QUIET_S, or after
+# MAX_LINGER_S of clients still sending (bench/README.md, drain).
+QUIET_S = 0.1
+MAX_LINGER_S = 2.0
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -168,6 +172,8 @@ class CnnserveServer:
             drained = await self._servicer.drain(self.settings.grace_period_s)
             if not drained:
                 log.warning("grace period over with inferences still running")
+            remaining = max(0.0, deadline - time.monotonic())
+            await self._servicer.quiesce(QUIET_S, min(MAX_LINGER_S, remaining))
         if self._server is not None:
             await self._server.stop(max(0.0, deadline - time.monotonic()))
             self._server = None

@@ -103,3 +103,32 @@ def test_busy_metrics_port_is_a_clear_error() -> None:
     assert result.returncode == 1
     assert f"cannot serve metrics on 127.0.0.1:{port}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--tls-cert", "server.pem"], "TLS needs both --tls-cert and --tls-key"),
+        (["--tls-client-ca", "ca.pem"], "--tls-client-ca needs --tls-cert and --tls-key"),
+    ],
+)
+def test_incomplete_tls_flags_are_a_clear_error(flags: list[str], message: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "service", "serve", "--port", "0", "--no-metrics", *flags],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
+def test_unreadable_tls_files_are_a_clear_error(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.pem"
+    result = subprocess.run(
+        [sys.executable, "-m", "service", "serve", "--port", "0", "--no-metrics",
+         "--model-repository", str(EXAMPLE_MODELS),
+         "--tls-cert", str(missing), "--tls-key", str(missing)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "cannot read the TLS key" in result.stderr
+    assert "Traceback" not in result.stderr

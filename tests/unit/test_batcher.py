@@ -201,8 +201,13 @@ async def test_queue_full_is_resource_exhausted_at_once(
         await submit(batcher, rows(1))
     with pytest.raises(InvalidArgument, match="more than model"):
         await submit(batcher, rows(5))
+    # The advisory check (run before decoding images) gives the same answer, queues nothing.
+    with pytest.raises(ResourceExhausted, match="queue is full"):
+        batcher.check_admission(1, None)
+    assert batcher.queued_rows == 3
     runner.release()
     await asyncio.gather(first, *queued)  # nothing accepted is lost
+    batcher.check_admission(1, None)  # room again
 
 
 async def test_expired_deadline_is_refused_before_queueing(
