@@ -40,11 +40,13 @@ def infer_request_bytes(
     model: str, input_name: str, shape: tuple[int, ...], datatype: str = "FP32", seed: int = 0
 ) -> bytes:
     rng = np.random.default_rng(seed)
-    data: np.ndarray = (
-        rng.integers(0, 256, shape, dtype=np.uint8)
-        if datatype == "UINT8"
-        else rng.random(shape, dtype=np.float32)
-    )
+    data: np.ndarray
+    if datatype == "UINT8":
+        data = rng.integers(0, 256, shape, dtype=np.uint8)
+    elif datatype == "FP16":
+        data = rng.random(shape, dtype=np.float32).astype(np.float16)
+    else:
+        data = rng.random(shape, dtype=np.float32)
     request = pb.ModelInferRequest(model_name=model)
     request.inputs.add(name=input_name, datatype=datatype, shape=shape)
     request.raw_input_contents.append(data.tobytes())

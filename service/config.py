@@ -83,6 +83,8 @@ class ModelOverrides:
     instances: int | None = None
     dynamic_batching: DynamicBatching | None = None
     provider_options: Mapping[str, str] | None = None
+    # IO binding: None = on for CUDA (one host-to-device copy per batch), off on the CPU.
+    io_binding: bool | None = None
     # Validated by service.preprocess.parse_preprocessing (which needs the model's inputs
     # to bind, and imports this module); kept raw here.
     preprocessing: Mapping[str, Any] | None = None
@@ -219,6 +221,7 @@ _MODEL_KEYS = {
     "instances",
     "dynamic_batching",
     "provider_options",
+    "io_binding",
     "preprocessing",
 }
 
@@ -271,8 +274,17 @@ def parse_model_overrides(model: str, document: Mapping[str, Any]) -> ModelOverr
             else None
         ),
         provider_options=provider_options,
+        io_binding=_io_binding(model, document.get("io_binding")),
         preprocessing=document.get("preprocessing"),
     )
+
+
+def _io_binding(model: str, value: object) -> bool | None:
+    if value is None or value == "auto":
+        return None
+    if not isinstance(value, bool):
+        raise ConfigError(f"model '{model}': io_binding must be true, false or auto, got {value!r}")
+    return value
 
 
 def load_model_overrides(model: str, path: Path) -> ModelOverrides:

@@ -34,7 +34,7 @@ from service.errors import (
 from service.metrics import Metrics
 from service.model import ServedModel
 from service.preprocess import BoundPreprocess, attach, bind, parse_preprocessing
-from service.runtime import OnnxRunner, default_intra_op_threads
+from service.runtime import CUDA, OnnxRunner, default_intra_op_threads
 from service.scheduler import Scheduler
 from service.signature import infer_config, onnx_signature
 from service.warmup import warm_up
@@ -205,6 +205,7 @@ def load_model(
             intra_op_threads=default_intra_op_threads(instances),
             provider_options=overrides.provider_options,
             spin=ort_spinning,
+            io_binding=overrides.io_binding,
         )
         for _ in range(instances)
     ]
@@ -214,14 +215,17 @@ def load_model(
     else:
         config = prepared.config
     pre = prepared.preprocess if prepared else None
-    warmed = warm_up(runners, config)
+    # On CUDA every batch size gets its cuDNN algorithm search at load, not on a request.
+    warmed = warm_up(runners, config, every_size=first.provider == CUDA)
     log.info(
-        "model %s version %d: provider %s (available %s), %d instance(s) x %d threads, "
+        "model %s version %d: provider %s (available %s), io binding %s, "
+        "%d instance(s) x %d threads, "
         "max_batch_size %d, warmed at %s, inputs %s, preprocessing %s",
         name,
         version,
         first.provider,
         first.providers,
+        first.io_binding,
         instances,
         first.intra_op_threads,
         config.max_batch_size,

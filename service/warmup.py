@@ -3,8 +3,9 @@
 The first run at a new shape pays onnxruntime's one-off costs (memory arena growth on the
 CPU; cuDNN algorithm search and allocations on CUDA), which would otherwise land on the
 first live requests. The batcher forms any size from 1 to max_batch_size; running all of
-them would make loading a large CNN slow, so the documented set is the powers of two up to
-max_batch_size, max_batch_size itself and every preferred batch size.
+them would make loading a large CNN slow on the CPU, so there the set is the powers of two
+up to max_batch_size, max_batch_size itself and every preferred batch size. On CUDA, where
+each new shape runs its own cuDNN algorithm search and a run is cheap, every size is run.
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ from service.scheduler import Runner
 log = logging.getLogger(__name__)
 
 
-def warmup_batch_sizes(config: ModelConfig) -> list[int]:
+def warmup_batch_sizes(config: ModelConfig, *, every_size: bool = False) -> list[int]:
     if not config.batched:
         return [0]  # 0: the model's own fixed shape, no batch axis
+    if every_size:  # CUDA: each new shape triggers its own cuDNN algorithm search
+        return list(range(1, config.max_batch_size + 1))
     sizes = {config.max_batch_size, *config.dynamic_batching.preferred_batch_sizes}
     power = 1
     while power < config.max_batch_size:
@@ -33,14 +36,16 @@ def warmup_batch_sizes(config: ModelConfig) -> list[int]:
     return sorted(sizes)
 
 
-def warm_up(runners: Sequence[Runner], config: ModelConfig) -> list[int]:
+def warm_up(
+    runners: Sequence[Runner], config: ModelConfig, *, every_size: bool = False
+) -> list[int]:
     """Run every runner at every warm-up size; returns the sizes run ([] if skipped)."""
     specs = config.inputs
     if any(-1 in spec.dims for spec in specs) or any(s.datatype == "BYTES" for s in specs):
         # A variable image size or string input: no representative shape to warm with.
         log.info("model %s: warm-up skipped (variable dims or BYTES input)", config.name)
         return []
-    sizes = warmup_batch_sizes(config)
+    sizes = warmup_batch_sizes(config, every_size=every_size)
     output_names = [spec.name for spec in config.outputs]
     started = time.monotonic()
     for size in sizes:

@@ -11,6 +11,7 @@ import numpy.typing as npt
 import onnxruntime as ort
 import pytest
 
+from service import runtime
 from service.config import DynamicBatching, ModelConfig, TensorSpec
 from service.errors import InvalidArgument, ModelLoadError
 from service.grpc_api import request_deadline
@@ -144,3 +145,72 @@ def test_serve_flags_reach_the_settings() -> None:
     args = build_parser().parse_args(["serve", "--event-loop", "asyncio", "--ort-spinning"])
     assert (args.event_loop, args.ort_spinning) == ("asyncio", True)
     assert loop_factory("asyncio") is asyncio.new_event_loop
+
+
+# ---- GPU plumbing, exercised on the CPU (issue 9) ----
+
+
+def test_cuda_warm_up_runs_every_batch_size() -> None:
+    assert warmup_batch_sizes(_config(6), every_size=True) == [1, 2, 3, 4, 5, 6]
+    runner = RecordingRunner()
+    assert warm_up([runner], _config(3), every_size=True) == [1, 2, 3]
+    assert runner.shapes == [(1, 3), (2, 3), (3, 3)]
+
+
+def test_cuda_request_builds_device_and_options_and_preloads_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    preloads: list[int] = []
+    monkeypatch.setattr(runtime, "cuda_available", lambda: True)
+    monkeypatch.setattr(ort, "preload_dlls", lambda: preloads.append(1), raising=False)
+    options = {"cudnn_conv_algo_search": "HEURISTIC"}
+    providers = runtime.provider_list(DeviceRequest("cuda", 1), options)
+    assert providers == [(CUDA, {"device_id": "1", "cudnn_conv_algo_search": "HEURISTIC"}), CPU]
+    assert preloads == [1]
+    assert runtime.provider_list(DeviceRequest("cpu"), options) == [CPU]
+
+
+@pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider'")
+def test_a_cuda_fallback_is_refused_or_reported_as_cpu(
+    doubler: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """This onnxruntime has no CUDA EP; claiming it has one makes the real session fall back
+    to the CPU silently, as onnxruntime-gpu does on a machine whose GPU cannot start."""
+    if CUDA in ort.get_available_providers():
+        pytest.skip("this onnxruntime really has CUDA")
+    monkeypatch.setattr(runtime, "cuda_available", lambda: True)
+    with pytest.raises(ModelLoadError, match="fell back to CPUExecutionProvider"):
+        OnnxRunner(doubler, device="cuda:0")
+    auto = OnnxRunner(doubler, device="auto", intra_op_threads=1)
+    assert auto.provider == CPU  # what ran, not what was asked for
+    assert auto.io_binding is False
+
+
+@pytest.mark.parametrize("batch", [1, 3, 16])
+def test_io_binding_path_gives_the_same_outputs(batch: int) -> None:
+    from tests.digits import MODEL_FILE
+
+    plain = OnnxRunner(MODEL_FILE, device="cpu", intra_op_threads=1)
+    bound = OnnxRunner(MODEL_FILE, device="cpu", intra_op_threads=1, io_binding=True)
+    assert bound.io_binding and not plain.io_binding
+    (name,) = [tensor.name for tensor in plain.inputs()]
+    x = np.random.default_rng(batch).random((batch, 1, 8, 8), dtype=np.float32)
+    outputs = [tensor.name for tensor in plain.outputs()]
+    for want, got in zip(plain.run({name: x}, outputs), bound.run({name: x}, outputs), strict=True):
+        np.testing.assert_array_equal(got, want)
+    # Non-contiguous inputs (a batch sliced out of a larger one) are bound correctly too.
+    wide = np.random.default_rng(0).random((batch, 1, 8, 16), dtype=np.float32)[..., ::2]
+    np.testing.assert_array_equal(
+        bound.run({name: wide}, outputs)[0], plain.run({name: wide}, outputs)[0]
+    )
+
+
+def test_io_binding_config_key() -> None:
+    from service.config import parse_model_overrides
+    from service.errors import ConfigError
+
+    assert parse_model_overrides("m", {"io_binding": True}).io_binding is True
+    assert parse_model_overrides("m", {"io_binding": "auto"}).io_binding is None
+    assert parse_model_overrides("m", {}).io_binding is None
+    with pytest.raises(ConfigError, match="io_binding must be true, false or auto"):
+        parse_model_overrides("m", {"io_binding": "yes"})
