@@ -1,7 +1,10 @@
-"""CNN architectures of the course's pattern: [(CONV-RELU)*N - POOL?]*M - (FC-RELU)*K - FC.
+"""CNN architectures of the course's pattern: [(CONV-RELU)*N - POOL?]*M - (FC-RELU)*K - FC,
+built from a spec, and a ResNet-18-style network.
 
-This first version builds that pattern from a compact spec; a later issue adds per-layer
-options, the layer-size check and a ResNet-style family.
+Every layer's output size follows (W - D(F-1) - 1 + 2P)/S + 1 (F filter, P padding, S
+stride, D dilation; D = 1 gives the course's (W - F + 2P)/S + 1). `layer_sizes` works them
+out before any weight exists and refuses a spec whose sizes do not come out as a positive
+whole number, naming the layer and the numbers, so a bad spec fails before training.
 """
 
 from __future__ import annotations
@@ -12,48 +15,137 @@ import torch
 from torch import nn
 
 
+class SpecError(ValueError):
+    """An architecture spec whose layer sizes do not work out."""
+
+
+@dataclass(frozen=True)
+class ConvSpec:
+    out_channels: int
+    kernel: int = 3
+    padding: int = 1
+    stride: int = 1
+    dilation: int = 1
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    convs: tuple[ConvSpec, ...]
+    pool: int = 2  # max-pool window and stride; 0 = no pooling
+
+
 @dataclass(frozen=True)
 class CnnSpec:
     in_channels: int
     height: int
     width: int
-    blocks: tuple[tuple[int, ...], ...]  # per block: the out-channels of each 3x3 conv
-    pool: tuple[bool, ...]  # per block: 2x2 max-pool at its end
+    blocks: tuple[BlockSpec, ...]
     hidden: tuple[int, ...]  # FC-ReLU widths
     classes: int
-    dropout: float = 0.25
+    batch_norm: bool = True  # after every conv (and FC-ReLU): a conv then has no bias
+    dropout: float = 0.25  # after every FC-ReLU
+    conv_dropout: float = 0.0  # 2-D dropout at the end of every block
 
 
+def convs(*channels: int) -> tuple[ConvSpec, ...]:
+    return tuple(ConvSpec(c) for c in channels)
+
+
+# The default for digits: 8x8 -> 4x4 -> 2x2, batch norm, dropout in the classifier.
 DIGITS_SPEC = CnnSpec(
     in_channels=1,
     height=8,
     width=8,
-    blocks=((32, 32), (64,)),
-    pool=(True, True),
+    blocks=(BlockSpec(convs(32, 32)), BlockSpec(convs(64, 64))),
     hidden=(128,),
     classes=10,
 )
 
 
+def _out(size: int, kernel: int, padding: int, stride: int, dilation: int, where: str) -> int:
+    span = size + 2 * padding - dilation * (kernel - 1) - 1
+    formula = (
+        f"(W - D(F-1) - 1 + 2P)/S + 1 = ({size} - {dilation}*({kernel}-1) - 1 + 2*{padding})"
+        f"/{stride} + 1"
+    )
+    if span < 0:
+        raise SpecError(f"{where}: {formula} < 1: the input ({size}) is smaller than the filter")
+    if span % stride:
+        raise SpecError(
+            f"{where}: {formula} = {span / stride + 1:g} is not a whole number; change the "
+            "padding or stride"
+        )
+    return span // stride + 1
+
+
+def layer_sizes(spec: CnnSpec) -> list[tuple[str, int, int, int]]:
+    """(layer, channels, height, width) after every conv and pool; raises SpecError."""
+    if spec.classes < 2:
+        raise SpecError(f"classes must be at least 2, got {spec.classes}")
+    if not spec.blocks:
+        raise SpecError("the spec has no conv blocks")
+    sizes = []
+    channels, height, width = spec.in_channels, spec.height, spec.width
+    for b, block in enumerate(spec.blocks, 1):
+        if not block.convs:
+            raise SpecError(f"block {b} has no convolutions")
+        for c, conv in enumerate(block.convs, 1):
+            where = f"block {b} conv {c}"
+            if (
+                min(conv.out_channels, conv.kernel, conv.stride, conv.dilation) < 1
+                or conv.padding < 0
+            ):
+                raise SpecError(f"{where}: channels, filter, stride and dilation must be >= 1")
+            args = (conv.kernel, conv.padding, conv.stride, conv.dilation)
+            height = _out(height, *args, where=f"{where} (height)")
+            width = _out(width, *args, where=f"{where} (width)")
+            channels = conv.out_channels
+            sizes.append((where, channels, height, width))
+        if block.pool:
+            where = f"block {b} pool {block.pool}x{block.pool}"
+            height = _out(height, block.pool, 0, block.pool, 1, where=f"{where} (height)")
+            width = _out(width, block.pool, 0, block.pool, 1, where=f"{where} (width)")
+            sizes.append((where, channels, height, width))
+    return sizes
+
+
 class Cnn(nn.Module):
-    """Logits in training; `with_softmax` adds the probabilities the served model returns."""
+    """Logits in training; `WithSoftmax` adds the probabilities the served model returns."""
 
     def __init__(self, spec: CnnSpec) -> None:
         super().__init__()
+        sizes = layer_sizes(spec)  # refuses an impossible spec before any weight exists
         layers: list[nn.Module] = []
-        channels, height, width = spec.in_channels, spec.height, spec.width
-        for convs, pool in zip(spec.blocks, spec.pool, strict=True):
-            for out in convs:
-                layers += [nn.Conv2d(channels, out, kernel_size=3, padding=1), nn.ReLU()]
-                channels = out
-            if pool:
-                layers.append(nn.MaxPool2d(2))
-                height, width = height // 2, width // 2
+        channels = spec.in_channels
+        for block in spec.blocks:
+            for conv in block.convs:
+                layers.append(
+                    nn.Conv2d(
+                        channels,
+                        conv.out_channels,
+                        conv.kernel,
+                        conv.stride,
+                        conv.padding,
+                        conv.dilation,
+                        bias=not spec.batch_norm,
+                    )
+                )
+                if spec.batch_norm:
+                    layers.append(nn.BatchNorm2d(conv.out_channels))
+                layers.append(nn.ReLU())
+                channels = conv.out_channels
+            if block.pool:
+                layers.append(nn.MaxPool2d(block.pool))
+            if spec.conv_dropout:
+                layers.append(nn.Dropout2d(spec.conv_dropout))
         self.features = nn.Sequential(*layers)
+        _, channels, height, width = sizes[-1]
         fc: list[nn.Module] = [nn.Flatten()]
         width_in = channels * height * width
         for hidden in spec.hidden:
-            fc += [nn.Linear(width_in, hidden), nn.ReLU(), nn.Dropout(spec.dropout)]
+            fc += [nn.Linear(width_in, hidden), nn.ReLU()]
+            if spec.dropout:
+                fc.append(nn.Dropout(spec.dropout))
             width_in = hidden
         fc.append(nn.Linear(width_in, spec.classes))
         self.classifier = nn.Sequential(*fc)
@@ -61,6 +153,11 @@ class Cnn(nn.Module):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         logits: torch.Tensor = self.classifier(self.features(image))
         return logits
+
+    def freeze_features(self) -> None:
+        """Transfer learning: keep the conv backbone fixed, train only the classifier."""
+        for parameter in self.features.parameters():
+            parameter.requires_grad = False
 
 
 class WithSoftmax(nn.Module):

@@ -8,13 +8,18 @@ No torch here: tests import this module to rebuild the exact test split.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
+
+log = logging.getLogger(__name__)
 
 DIGITS_MAX = 16.0  # load_digits pixels are integers in [0, 16]
 SPLIT_SEED = 0
@@ -102,6 +107,79 @@ def stratified_split(
         rest_x, rest_y, test_size=0.125, stratify=rest_y, random_state=seed
     )
     return Split(train_x, train_y, val_x, val_y, test_x, test_y, class_names)
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be trained on as given, with what to change."""
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+MIN_PER_CLASS = 10  # a stratified 70/10/20 split needs at least one image per split
+
+
+@dataclass(frozen=True)
+class ImageFolder:
+    pixels: npt.NDArray[np.uint8]  # NHWC, resized to one size
+    labels: npt.NDArray[np.int64]
+    class_names: tuple[str, ...]
+    skipped: list[str] = field(default_factory=list)  # unreadable files, with why
+
+
+def load_image_folder(
+    root: Path, size: tuple[int, int] = (32, 32), color: str = "rgb"
+) -> ImageFolder:
+    """One sub-folder per class (its name is the label), PNG or JPEG files inside.
+
+    Every image is converted to `color` (rgb | gray) and resized to `size` (height, width;
+    Pillow bilinear), so mixed sizes are fine. Unreadable files are skipped, counted and
+    logged (one corrupt file should not stop a training run; the count is in the model
+    card). Refused: fewer than two classes, a class with no readable image, a class with
+    fewer than MIN_PER_CLASS images."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not root.is_dir():
+        raise DatasetError(f"image folder {root} does not exist")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if len(classes) < 2:
+        raise DatasetError(
+            f"{root} has {len(classes)} class folder(s) {classes}; a classifier needs at least "
+            "two (one sub-folder per class)"
+        )
+    mode = {"rgb": "RGB", "gray": "L"}[color]
+    pixels: list[npt.NDArray[np.uint8]] = []
+    labels: list[int] = []
+    skipped: list[str] = []
+    for index, name in enumerate(classes):
+        files = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        count = 0
+        for path in files:
+            try:
+                with Image.open(path) as image:
+                    converted = image.convert(mode).resize(
+                        (size[1], size[0]), Image.Resampling.BILINEAR
+                    )
+            except (UnidentifiedImageError, OSError, ValueError) as exc:
+                skipped.append(f"{path}: {exc}")
+                continue
+            array = np.asarray(converted, dtype=np.uint8)
+            pixels.append(array[:, :, None] if array.ndim == 2 else array)
+            labels.append(index)
+            count += 1
+        if count == 0:
+            raise DatasetError(f"class '{name}' has no readable PNG or JPEG image in {root / name}")
+        if count < MIN_PER_CLASS:
+            raise DatasetError(
+                f"class '{name}' has {count} images; a stratified 70/10/20 split needs at least "
+                f"{MIN_PER_CLASS} per class"
+            )
+    if skipped:
+        log.warning("skipped %d unreadable image(s), e.g. %s", len(skipped), skipped[0])
+    return ImageFolder(np.stack(pixels), np.asarray(labels, np.int64), tuple(classes), skipped)
+
+
+def class_counts(labels: npt.NDArray[np.int64], class_names: tuple[str, ...]) -> dict[str, int]:
+    counts = Counter(int(v) for v in labels)
+    return {name: counts.get(i, 0) for i, name in enumerate(class_names)}
 
 
 def digits_pixels() -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]:
