@@ -1,8 +1,13 @@
-"""`cnnserve export train|onnx|quantize` (or `python -m export ...`).
+"""`cnnserve export train|tune|ablate|onnx|quantize` (or `python -m export ...`).
 
 train     train a CNN on the bundled digits or on your own image folder (one sub-folder
-          per class), check it, and write a servable model repository entry with its
-          preprocessing, labels, plots and model card
+          per class; class/<group>/image.png keeps each group in one split), check it,
+          and write a servable model repository entry with its preprocessing, labels,
+          plots and model card
+tune      search hyperparameters on the validation split (TPE or grid, with pruning and
+          budgets), retrain the best, test it once, and write the entry
+ablate    retrain with batch norm, dropout, augmentation or weight decay removed, one at
+          a time, and tabulate the validation metrics
 onnx      export your own torch nn.Module (package.module:name) with a dynamic batch axis
 quantize  INT8 copy of a trained entry, calibrated on its training split, compared with
           fp32 on accuracy and CPU speed
@@ -11,6 +16,7 @@ quantize  INT8 copy of a trained entry, calibrated on its training split, compar
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 from collections.abc import Sequence
@@ -19,69 +25,24 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
-from export.architectures import (
-    DIGITS_SPEC,
-    BlockSpec,
-    Cnn,
-    CnnSpec,
-    ResNet18,
-    SpecError,
-    WithSoftmax,
-    convs,
+from export.architectures import Cnn, SpecError
+from export.augment import Augmentation
+from export.data import DatasetError, class_counts
+from export.onnx_export import ExportError, check_parity, export_onnx, load_module, to_fp16
+from export.pipeline import (
+    Prepared,
+    balanced_class_weights,
+    base_spec,
+    build_model,
+    default_augmentation,
+    finish,
+    prepare,
 )
-from export.augment import DIGITS_AUGMENTATION, Augmentation
-from export.data import (
-    DatasetError,
-    Normalization,
-    Split,
-    class_counts,
-    dataset_statistics,
-    digits_split,
-    load_image_folder,
-    normalized,
-    stratified_split,
-)
-from export.onnx_export import (
-    ExportError,
-    check_parity,
-    export_onnx,
-    load_module,
-    parity_dict,
-    to_fp16,
-    write_repository_entry,
-)
-from export.report import plot_confusion, plot_curves, write_card
-from export.train import TrainConfig, evaluate, train
-
-
-def default_spec(channels: int, height: int, width: int, classes: int) -> CnnSpec:
-    """Blocks of two 3x3 convs and a 2x2 pool, doubling the width, until the image is 4 px."""
-    blocks: list[BlockSpec] = []
-    size, width_c = min(height, width), 32
-    while size > 4 and size % 2 == 0 and len(blocks) < 5:
-        blocks.append(BlockSpec(convs(width_c, width_c)))
-        size, width_c = size // 2, width_c * 2
-    if not blocks:
-        blocks.append(BlockSpec(convs(32, 32), pool=0))
-    return CnnSpec(channels, height, width, tuple(blocks), (128,), classes)
-
-
-def _dataset(data: dict[str, Any]) -> tuple[Split, str]:
-    """The uint8 split and a description, from the card's `data` record."""
-    if data["kind"] == "digits":
-        return digits_split(data.get("seed", 0)), (
-            "sklearn load_digits as uint8 pixels (value * 255/16), stratified 70/10/20 split"
-        )
-    folder = load_image_folder(Path(data["path"]), tuple(data["size"]), data["color"])
-    if folder.skipped:
-        print(f"skipped {len(folder.skipped)} unreadable image(s)", file=sys.stderr)
-    split = stratified_split(folder.pixels, folder.labels, folder.class_names, data.get("seed", 0))
-    return split, (
-        f"image folder {data['path']} ({len(folder.labels)} images, {len(folder.skipped)} "
-        f"unreadable skipped), resized to {data['size'][0]}x{data['size'][1]} {data['color']}, "
-        "stratified 70/10/20 split"
-    )
+from export.report import write_card
+from export.train import TrainConfig, train
+from export.tune import SearchError
 
 
 def _require_folder(out: Path) -> None:
@@ -92,31 +53,34 @@ def _require_folder(out: Path) -> None:
         )
 
 
-def _train(args: argparse.Namespace) -> int:
+def _data_record(args: argparse.Namespace) -> dict[str, Any]:
+    if args.data is None:
+        return {"kind": "digits", "seed": args.seed}
+    return {"kind": "folder", "path": str(args.data.resolve()), "size": args.image_size,
+            "color": args.color, "seed": args.seed}  # fmt: skip
+
+
+def _setup(args: argparse.Namespace) -> tuple[Prepared, TrainConfig]:
     _require_folder(args.out)
     torch.manual_seed(args.seed)  # the initial weights too
-    data: dict[str, Any] = {"kind": "digits", "seed": args.seed}
-    color = "gray"
-    if args.data is not None:
-        color = args.color
-        data = {"kind": "folder", "path": str(args.data.resolve()), "size": args.image_size,
-                "color": color, "seed": args.seed}  # fmt: skip
-    pixels, description = _dataset(data)
-    normalization = dataset_statistics(pixels.train_x, color=color)
-    split = normalized(pixels, normalization)
-    _, height, width, channels = pixels.train_x.shape
-    classes = len(split.class_names)
-    if args.arch == "resnet18":
-        model: torch.nn.Module = ResNet18(classes, in_channels=channels)
-        architecture = "ResNet-18 (batch norm)"
-    else:
-        spec = (
-            DIGITS_SPEC
-            if data["kind"] == "digits"
-            else default_spec(channels, height, width, classes)
-        )
-        model = Cnn(spec)
-        architecture = str(spec)
+    prepared = prepare(_data_record(args))
+    counts = class_counts(prepared.split.train_y, prepared.class_names)
+    print(f"training split class counts: {counts}")
+    augmentation = (
+        default_augmentation(prepared, args.flip) if args.augment == "default" else Augmentation()
+    )
+    weights = balanced_class_weights(prepared) if args.class_weights == "balanced" else None
+    config = TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
+        learning_rate=args.lr, weight_decay=args.weight_decay, patience=args.patience,
+        seed=args.seed, augmentation=augmentation, class_weights=weights,
+    )  # fmt: skip
+    return prepared, config
+
+
+def _train(args: argparse.Namespace) -> int:
+    prepared, config = _setup(args)
+    model, architecture = build_model(prepared, args.arch)
     if args.finetune is not None:
         state = torch.load(args.finetune, map_location="cpu", weights_only=True)
         own = model.state_dict()
@@ -125,86 +89,68 @@ def _train(args: argparse.Namespace) -> int:
         if isinstance(model, Cnn):
             model.freeze_features()
         print(f"fine-tuning from {args.finetune}: {len(matching)} tensors loaded, backbone frozen")
-    augmentation = Augmentation()
-    if args.augment == "default":
-        augmentation = (
-            DIGITS_AUGMENTATION
-            if data["kind"] == "digits"
-            else Augmentation(
-                rotation_deg=10,
-                scale=0.1,
-                translate=0.1,
-                brightness=0.1,
-                contrast=0.1,
-                flip=args.flip,
-            )
-        )
-    config = TrainConfig(
-        epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
-        learning_rate=args.lr, weight_decay=args.weight_decay, patience=args.patience,
-        seed=args.seed, augmentation=augmentation,
-    )  # fmt: skip
-    result = train(model, split, config)
-    test = evaluate(model, split.test_x, split.test_y, split.class_names)  # the one test read
+    result = train(model, prepared.split, config)
+    finish(args.out, args.name, prepared, model, architecture, config, result,
+           max_batch_size=args.max_batch_size, plots=args.plots)  # fmt: skip
+    return 0
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from export.tune import DEFAULT_SPACE, configure, search, write_trials
+
+    space = DEFAULT_SPACE
+    if args.space is not None:
+        space = yaml.safe_load(args.space.read_text()) or {}
+        if not isinstance(space, dict):
+            raise SearchError(f"{args.space} must hold a mapping of parameter -> values")
+    prepared, base = _setup(args)
+    spec = base_spec(prepared)
+    found = search(prepared, spec, base, base.augmentation, space, method=args.method,
+                   trials=args.trials, timeout_s=args.timeout, seed=args.seed)  # fmt: skip
     print(
-        f"trained {result.epochs_run} epochs (best {result.best_epoch}, val loss "
-        f"{result.best_val_loss:.4f}); val accuracy {result.val_accuracy:.4f}; "
-        f"test accuracy {test.accuracy:.4f}, macro F1 {test.macro_f1:.4f}"
+        f"{len(found.trials)} trials in {found.seconds:.0f} s; best validation loss "
+        f"{found.best_val_loss:.4f} (default configuration {found.default_val_loss:.4f}): "
+        f"{found.best}"
     )
-    served = WithSoftmax(model).eval()
-    entry_config = {
-        "max_batch_size": args.max_batch_size,
-        "dynamic_batching": {"max_queue_delay_us": 0, "max_queue_size": 1024},
-        # The training split's statistics: the server applies exactly what training used.
-        "preprocessing": normalization.config(),
+    chosen, config = configure(found.best, spec, base, base.augmentation)
+    torch.manual_seed(args.seed)
+    model = Cnn(chosen)
+    result = train(model, prepared.split, config)  # the best, retrained; then tested once
+    search_record = {
+        "method": args.method,
+        "space": space,
+        "best": found.best,
+        "best_val_loss": found.best_val_loss,
+        "default_val_loss": found.default_val_loss,
+        "seconds": found.seconds,
+        "trials": [asdict(t) for t in found.trials],
     }
-    if data["kind"] == "folder":
-        entry_config["preprocessing"]["resize"] = list(args.image_size)
-    path = write_repository_entry(
-        args.out, args.name, served, torch.from_numpy(split.test_x[:2]), split.class_names,
-        entry_config,
-    )  # fmt: skip
-    parity = check_parity(served, path, split.test_x)
-    print(
-        f"ONNX parity on {parity.samples} test images: max abs diff {parity.max_abs_diff:.3g}, "
-        f"argmax agreement {parity.argmax_agreement:.4f}"
-    )
+    card = finish(args.out, args.name, prepared, model, str(chosen), config, result,
+                  max_batch_size=args.max_batch_size, plots=args.plots,
+                  extra={"search": search_record})  # fmt: skip
+    files = write_trials(found, args.out / args.name)
+    card["plots"] = [*card["plots"], files[1]]
+    write_card(args.out / args.name, card)
+    return 0
+
+
+def _ablate(args: argparse.Namespace) -> int:
+    from export.ablate import ablate
+
+    prepared, config = _setup(args)
+    spec = base_spec(prepared)
+    rows = ablate(prepared, spec, config)
+    table = ["| removed | val loss | val accuracy | epochs |", "|---|---|---|---|"]
+    table += [f"| {r.removed or '(nothing: full)'} | {r.val_loss:.4f} | {r.val_accuracy:.4f} | "
+              f"{r.epochs} |" for r in rows]  # fmt: skip
+    print("\n".join(table))
     entry = args.out / args.name
-    plots = []
-    if args.plots:
-        plot_curves(result.history, result.best_epoch, entry / "curves.png")
-        plot_confusion(test, split.class_names, entry / "confusion.png")
-        plots = ["curves.png", "confusion.png"]
-    train_record = asdict(result)
-    train_record.pop("history")
-    card = {
-        "model": args.name,
-        "data": data,
-        "dataset": description,
-        "input": f"UINT8 pixels [batch, {height}, {width}, {channels}] (NHWC, {color}), "
-        "or PNG/JPEG",
-        "architecture": architecture,
-        "preprocessing": normalization.config(),
-        "training": {**asdict(config), "augmentation": asdict(augmentation)},
-        "train": train_record,
-        "history": asdict(result.history),
-        "split_sizes": {
-            "train": len(split.train_y),
-            "val": len(split.val_y),
-            "test": len(split.test_y),
-        },
-        "class_counts": {
-            "train": class_counts(split.train_y, split.class_names),
-            "val": class_counts(split.val_y, split.class_names),
-            "test": class_counts(split.test_y, split.class_names),
-        },
-        "test": asdict(test),
-        "parity": parity_dict(parity),
-        "plots": plots,
-    }
-    write_card(entry, card)
-    torch.save(model.state_dict(), entry / "weights.pt")  # for fine-tuning (--finetune)
-    print(f"wrote {path}")
+    card_path = entry / "model_card.json"
+    if card_path.is_file():  # add it to the card of the entry this configuration made
+        card = json.loads(card_path.read_text())
+        card["ablation"] = [asdict(r) for r in rows]
+        write_card(entry, card)
+        print(f"added to {card_path}")
     return 0
 
 
@@ -233,21 +179,16 @@ def _quantize(args: argparse.Namespace) -> int:
     card_path = entry / "model_card.json"
     if not card_path.is_file():
         raise FileNotFoundError(f"{card_path} not found: quantize needs an entry written by train")
-    import json
-
     card = json.loads(card_path.read_text())
-    pixels, _ = _dataset(card["data"])
-    pre = card["preprocessing"]
-    split = normalized(
-        pixels, Normalization(pre["scale"], tuple(pre["mean"]), tuple(pre["std"]), pre["color"])
-    )
+    prepared = prepare(card["data"])
+    test_x, test_y, _ = prepared.test.read()
     source = max((p for p in entry.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
     target_entry = entry.parent / f"{entry.name}_int8"
     target = target_entry / "1" / "model.onnx"
-    quantize_int8(source / "model.onnx", target, "image", split.train_x)
+    quantize_int8(source / "model.onnx", target, "image", prepared.split.train_x)
     for name in ("config.yaml", "labels.txt"):
         shutil.copy(entry / name, target_entry / name)
-    report = compare(source / "model.onnx", target, split.test_x, split.test_y)
+    report = compare(source / "model.onnx", target, test_x, test_y)
     print(
         f"INT8: test accuracy {report.int8_accuracy:.4f} (fp32 {report.fp32_accuracy:.4f}, "
         f"{100 * (report.int8_accuracy - report.fp32_accuracy):+.2f} points); CPU one thread, "
@@ -259,21 +200,13 @@ def _quantize(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="cnnserve export",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-    t = commands.add_parser("train", help="train a CNN and write a servable model entry")
+def _training_flags(t: argparse.ArgumentParser) -> None:
     t.add_argument(
         "--data", type=Path, help="image folder, one sub-folder per class (default: digits)"
     )
     t.add_argument("--image-size", type=int, nargs=2, default=[32, 32], metavar=("H", "W"),
                    help="folder images are resized to this (default 32 32)")  # fmt: skip
     t.add_argument("--color", choices=("rgb", "gray"), default="rgb", help="folder images")
-    t.add_argument("--arch", choices=("cnn", "resnet18"), default="cnn")
     t.add_argument("--out", type=Path, default=Path("models"), help="model repository")
     t.add_argument("--name", default="digits")
     t.add_argument("--epochs", type=int, default=100)
@@ -284,10 +217,32 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--patience", type=int, default=20, help="early stopping, in epochs")
     t.add_argument("--augment", choices=("default", "none"), default="default")
     t.add_argument("--flip", action="store_true", help="add horizontal flips (folder data)")
+    t.add_argument("--class-weights", choices=("none", "balanced"), default="none",
+                   help="balanced: weigh each class equally in the loss")  # fmt: skip
     t.add_argument("--max-batch-size", type=int, default=64, help="served batch limit")
-    t.add_argument("--finetune", type=Path, help="weights.pt to start from; backbone frozen")
     t.add_argument("--no-plots", dest="plots", action="store_false")
     t.add_argument("--seed", type=int, default=0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cnnserve export",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    t = commands.add_parser("train", help="train a CNN and write a servable model entry")
+    _training_flags(t)
+    t.add_argument("--arch", choices=("cnn", "resnet18"), default="cnn")
+    t.add_argument("--finetune", type=Path, help="weights.pt to start from; backbone frozen")
+    tune = commands.add_parser("tune", help="hyperparameter search, then train the best")
+    _training_flags(tune)
+    tune.add_argument("--space", type=Path, help="YAML: parameter -> [values] or {low, high, log}")
+    tune.add_argument("--method", choices=("tpe", "grid"), default="tpe")
+    tune.add_argument("--trials", type=int, default=20, help="trial budget")
+    tune.add_argument("--timeout", type=float, help="time budget in seconds")
+    ablate = commands.add_parser("ablate", help="retrain with one component removed at a time")
+    _training_flags(ablate)
     o = commands.add_parser("onnx", help="export your own nn.Module")
     o.add_argument(
         "--module", required=True, help="package.module:name (instance, class or factory)"
@@ -307,10 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    run = {"train": _train, "onnx": _onnx, "quantize": _quantize}[args.command]
+    run = {"train": _train, "tune": _tune, "ablate": _ablate, "onnx": _onnx,
+           "quantize": _quantize}[args.command]  # fmt: skip
     try:
         return run(args)
-    except (DatasetError, SpecError, ExportError, FileNotFoundError) as exc:
+    except (DatasetError, SpecError, ExportError, SearchError, FileNotFoundError) as exc:
         print(f"cnnserve export {args.command}: {exc}", file=sys.stderr)
         return 1
 

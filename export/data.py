@@ -9,7 +9,9 @@ No torch here: tests import this module to rebuild the exact test split.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,6 +125,9 @@ class ImageFolder:
     labels: npt.NDArray[np.int64]
     class_names: tuple[str, ...]
     skipped: list[str] = field(default_factory=list)  # unreadable files, with why
+    # Per image: the sub-folder inside its class folder (class/<group>/image.png), e.g. a
+    # subject id for a leakage-safe split; None for images directly in the class folder.
+    groups: list[str | None] = field(default_factory=list)
 
 
 def load_image_folder(
@@ -148,9 +153,14 @@ def load_image_folder(
     mode = {"rgb": "RGB", "gray": "L"}[color]
     pixels: list[npt.NDArray[np.uint8]] = []
     labels: list[int] = []
+    group_names: list[str | None] = []
     skipped: list[str] = []
     for index, name in enumerate(classes):
-        files = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(
+            p
+            for p in (root / name).rglob("*")
+            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+        )
         count = 0
         for path in files:
             try:
@@ -164,6 +174,8 @@ def load_image_folder(
             array = np.asarray(converted, dtype=np.uint8)
             pixels.append(array[:, :, None] if array.ndim == 2 else array)
             labels.append(index)
+            relative = path.relative_to(root / name)
+            group_names.append(relative.parts[0] if len(relative.parts) > 1 else None)
             count += 1
         if count == 0:
             raise DatasetError(f"class '{name}' has no readable PNG or JPEG image in {root / name}")
@@ -174,12 +186,68 @@ def load_image_folder(
             )
     if skipped:
         log.warning("skipped %d unreadable image(s), e.g. %s", len(skipped), skipped[0])
-    return ImageFolder(np.stack(pixels), np.asarray(labels, np.int64), tuple(classes), skipped)
+    return ImageFolder(
+        np.stack(pixels), np.asarray(labels, np.int64), tuple(classes), skipped, group_names
+    )
 
 
 def class_counts(labels: npt.NDArray[np.int64], class_names: tuple[str, ...]) -> dict[str, int]:
     counts = Counter(int(v) for v in labels)
     return {name: counts.get(i, 0) for i, name in enumerate(class_names)}
+
+
+def grouped_split(
+    x: npt.NDArray[Any],
+    y: npt.NDArray[np.int64],
+    groups: Sequence[str | None],
+    class_names: tuple[str, ...],
+    seed: int = SPLIT_SEED,
+) -> tuple[Split, dict[str, list[str]]]:
+    """70/10/20 with every group (e.g. one subject's images) in exactly one split, stratified
+    as far as the groups allow (scikit-learn's StratifiedGroupKFold: one fold of five for
+    test, then one of eight of the rest for validation). Returns the split and which groups
+    went where (saved in the model card to reproduce it)."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    missing = [i for i, g in enumerate(groups) if g is None or g == ""]
+    if missing:
+        raise DatasetError(
+            f"{len(missing)} sample(s) have no group (first: sample {missing[0]}); give every "
+            "sample a group or none"
+        )
+    group_array = np.asarray(groups, dtype=object)
+    for label, name in enumerate(class_names):
+        holders = set(group_array[y == label])
+        if len(holders) == 1:
+            raise DatasetError(
+                f"class '{name}' is entirely in group '{holders.pop()}': it can only be in one "
+                "split, so the split cannot be stratified; add samples of this class from "
+                "other groups"
+            )
+    if len(set(group_array)) < 3:
+        raise DatasetError("a grouped 70/10/20 split needs at least three groups")
+
+    def one_fold(
+        index: npt.NDArray[np.intp], folds: int
+    ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+        folds = min(folds, len(set(group_array[index])))
+        splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+        with warnings.catch_warnings():  # "least populated class": stratified as far as it goes
+            warnings.simplefilter("ignore", UserWarning)
+            try:
+                keep, held = next(splitter.split(index, y[index], group_array[index]))
+            except ValueError as exc:  # e.g. a class with fewer samples than folds
+                raise DatasetError(f"cannot make a grouped 70/10/20 split: {exc}") from exc
+        return index[keep], index[held]
+
+    rest, test = one_fold(np.arange(len(y)), 5)
+    train, val = one_fold(rest, 8)
+    split = Split(x[train], y[train], x[val], y[val], x[test], y[test], class_names)
+    assignment = {
+        part: sorted({str(g) for g in group_array[index]})
+        for part, index in (("train", train), ("val", val), ("test", test))
+    }
+    return split, assignment
 
 
 def digits_pixels() -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]:

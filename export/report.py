@@ -94,6 +94,81 @@ def write_card(entry: Path, card: dict[str, Any]) -> None:
             f"ONNX parity on {parity['samples']} test images: max abs diff "
             f"{parity['max_abs_diff']:.3g}, argmax agreement {parity['argmax_agreement']:.4f}.",
         ]
+    counts = card.get("class_counts")
+    if counts:
+        names = list(counts["train"])
+        lines += ["", "Class distribution:", "", "| split | " + " | ".join(names) + " |",
+                  "|---|" + "---|" * len(names)]  # fmt: skip
+        for part in ("train", "val", "test"):
+            lines.append(f"| {part} | " + " | ".join(str(counts[part][n]) for n in names) + " |")
+    if card.get("weak_classes"):
+        lines += ["", f"Weak classes (F1 more than 0.1 below macro): {card['weak_classes']}"]
+    search = card.get("search")
+    if search:
+        done = sum(1 for t in search["trials"] if t["state"] == "COMPLETE")
+        lines += [
+            "",
+            f"Hyperparameter search ({search['method']}): {len(search['trials'])} trials "
+            f"({done} complete) in {search['seconds']:.0f} s on the validation split; best "
+            f"validation loss {search['best_val_loss']:.4f} vs {search['default_val_loss']:.4f} "
+            f"for the default configuration; best: `{search['best']}` (trials.csv, search.png).",
+        ]
+    ablation = card.get("ablation")
+    if ablation:
+        lines += ["", "Ablation (validation split):", "", "| removed | val loss | val accuracy |",
+                  "|---|---|---|"]  # fmt: skip
+        for row in ablation:
+            lines.append(
+                f"| {row['removed'] or '(nothing: full)'} | {row['val_loss']:.4f} | "
+                f"{row['val_accuracy']:.4f} |"
+            )
     for image in card.get("plots", []):
         lines += ["", f"![{image}]({image})"]
     (entry / "model_card.md").write_text("\n".join(lines) + "\n")
+
+
+def plot_examples(
+    pixels: Any,
+    labels: Any,
+    probabilities: Any,
+    class_names: tuple[str, ...],
+    path: Path,
+    *,
+    mistakes: bool,
+    count: int = 16,
+) -> None:
+    """A grid of test images with true and predicted label and confidence: the first
+    `count` images, or the `count` most confident mistakes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import numpy as np
+    from matplotlib import pyplot as plt
+
+    predicted = probabilities.argmax(1)
+    confidence = probabilities.max(1)
+    if mistakes:
+        wrong = np.flatnonzero(predicted != labels)
+        chosen = wrong[np.argsort(-confidence[wrong], kind="stable")][:count]
+    else:
+        chosen = np.arange(min(count, len(labels)))
+    columns = 4
+    rows = max(1, -(-len(chosen) // columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.4 * rows), squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    for axis, index in zip(axes.flat, chosen, strict=False):
+        image = pixels[index]
+        axis.imshow(image[:, :, 0] if image.shape[2] == 1 else image, cmap="gray")
+        right = predicted[index] == labels[index]
+        axis.set_title(
+            f"true {class_names[labels[index]]}\npred {class_names[predicted[index]]} "
+            f"{confidence[index]:.2f}",
+            fontsize=8,
+            color="black" if right else "red",
+        )
+    title = "most confident mistakes" if mistakes else "test images"
+    figure.suptitle(f"{title} ({len(chosen)})" if len(chosen) else f"{title}: none")
+    figure.tight_layout()
+    figure.savefig(path, dpi=80)
+    plt.close(figure)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -30,6 +31,7 @@ class TrainConfig:
     patience: int = 20  # epochs without a better validation loss before stopping
     seed: int = 0
     augmentation: Augmentation = field(default_factory=Augmentation)
+    class_weights: tuple[float, ...] | None = None  # per class, in the loss (None = equal)
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("adam", "sgd"):
@@ -141,8 +143,15 @@ def _progress(out: TextIO | None, epoch: int, config: TrainConfig, history: Hist
     out.flush()
 
 
+EpochCallback = Callable[[int, float], None]  # (epoch, val loss); may raise to stop
+
+
 def train(
-    model: nn.Module, split: Split, config: TrainConfig, progress: TextIO | None = sys.stderr
+    model: nn.Module,
+    split: Split,
+    config: TrainConfig,
+    progress: TextIO | None = sys.stderr,
+    on_epoch: EpochCallback | None = None,
 ) -> TrainResult:
     """Train on split.train, stop early on split.val; never reads split.test."""
     torch.manual_seed(config.seed)
@@ -151,6 +160,7 @@ def train(
     optimizer = _optimizer(trainable, config)
     x = torch.from_numpy(split.train_x)
     y = torch.from_numpy(split.train_y)
+    weights = None if config.class_weights is None else torch.tensor(config.class_weights)
     history = History()
     best_loss, best_epoch, best_state = float("inf"), 0, copy.deepcopy(model.state_dict())
     epoch, stopped_early = 0, False
@@ -165,7 +175,7 @@ def train(
             batch = augment(x[index], config.augmentation, generator)
             optimizer.zero_grad()
             logits = model(batch)
-            loss = nn.functional.cross_entropy(logits, y[index])
+            loss = nn.functional.cross_entropy(logits, y[index], weight=weights)
             loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
             total += float(loss.item()) * len(index)
@@ -177,6 +187,8 @@ def train(
         history.val_loss.append(val_loss)
         history.val_accuracy.append(val_accuracy)
         _progress(progress, epoch, config, history)
+        if on_epoch is not None:
+            on_epoch(epoch, val_loss)  # a search's pruner may stop the run here
         if not np.isfinite(val_loss):
             stopped_early = True  # diverged: keep the best weights so far
             break

@@ -68,7 +68,9 @@ def test_an_image_folder_trains_exports_quantizes_and_is_served(
     assert card["test"]["accuracy"] >= 0.9, card["test"]
     assert card["parity"]["max_abs_diff"] <= 1e-5 and card["parity"]["argmax_agreement"] == 1.0
     assert set(card["class_counts"]["test"]) == set(SHAPES)
-    assert (models / "shapes" / "curves.png").stat().st_size > 0
+    for plot in ("curves.png", "confusion.png", "examples.png", "mistakes.png"):
+        assert (models / "shapes" / plot).stat().st_size > 0, plot
+    assert card["plots"] == ["curves.png", "confusion.png", "examples.png", "mistakes.png"]
     assert "| circle |" in (models / "shapes" / "model_card.md").read_text()
     config = (models / "shapes" / "config.yaml").read_text()
     assert "resize:" in config and "mode: standardize" in config
