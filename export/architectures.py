@@ -158,6 +158,14 @@ class Cnn(nn.Module):
         """Transfer learning: keep the conv backbone fixed, train only the classifier."""
         for parameter in self.features.parameters():
             parameter.requires_grad = False
+        self._frozen = True
+        self.features.eval()
+
+    def train(self, mode: bool = True) -> Cnn:
+        super().train(mode)
+        if getattr(self, "_frozen", False):
+            self.features.eval()  # frozen batch norm keeps its running statistics too
+        return self
 
 
 class WithSoftmax(nn.Module):

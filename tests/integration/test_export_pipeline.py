@@ -136,3 +136,22 @@ def test_train_bad_inputs_fail_before_training(tmp_path: Path) -> None:
     done = export("train", "--data", str(single), "--out", str(tmp_path), "--epochs", "1")
     assert done.returncode == 1 and "at least two" in done.stderr
     # (An impossible architecture spec is refused by Cnn() itself: tests/unit.)
+
+
+def test_finetuning_starts_from_saved_weights_with_the_backbone_frozen(tmp_path: Path) -> None:
+    import torch
+
+    first = export("train", "--out", str(tmp_path), "--name", "base", "--epochs", "2",
+                   "--no-plots")  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    weights = tmp_path / "base" / "weights.pt"
+    tuned = export("train", "--out", str(tmp_path), "--name", "tuned", "--epochs", "2",
+                   "--no-plots", "--finetune", str(weights))  # fmt: skip
+    assert tuned.returncode == 0, tuned.stderr
+    assert "backbone frozen" in tuned.stdout
+    before = torch.load(weights, weights_only=True)
+    after = torch.load(tmp_path / "tuned" / "weights.pt", weights_only=True)
+    backbone = [k for k in before if k.startswith("features.")]  # incl. BN running stats
+    assert backbone and all(torch.equal(before[k], after[k]) for k in backbone)  # frozen
+    heads = [k for k in before if k.startswith("classifier.") and k.endswith("weight")]
+    assert any(not torch.equal(before[k], after[k]) for k in heads)  # trained
