@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -149,6 +150,11 @@ def overload_with(repository: Path, form: str, payload: bytes) -> str:
     server = ServerProcess(repository, batching=True)
     try:
         pid = server.process.pid
+        # The load generator shares the 2 cores with the server; at nice 10 it takes what
+        # the server leaves, as a client on its own machine would (both phases alike). The
+        # offered rate is still reached: see "answered" in the row.
+        niceness = os.getpriority(os.PRIO_PROCESS, 0)
+        os.setpriority(os.PRIO_PROCESS, 0, niceness + 10)
         cpu, client_cpu = cpu_seconds(pid), time.process_time()
         capacity = asyncio.run(run_level(server.address, payload, 32, warmup_s=3, duration_s=15))
         closed_cpu = (cpu_seconds(pid) - cpu) / 18, (time.process_time() - client_cpu) / 18
@@ -159,6 +165,8 @@ def overload_with(repository: Path, form: str, payload: bytes) -> str:
             open_loop(server.address, payload, rate, window, timeout_s=5.0, cap=4000)
         )
         open_cpu = (cpu_seconds(pid) - cpu) / window, (time.process_time() - client_cpu) / window
+        with contextlib.suppress(PermissionError):  # lowering niceness back needs root
+            os.setpriority(os.PRIO_PROCESS, 0, niceness)
     finally:
         server.stop()
     goodput = codes["OK"] / window
@@ -168,7 +176,8 @@ def overload_with(repository: Path, form: str, payload: bytes) -> str:
     return (
         f"| overload (resnet18, {form}, {len(payload) // 1024} KiB) | capacity "
         f"{capacity.throughput:.1f}/s (c=32); offered "
-        f"{rate:.0f}/s for {window:.0f} s | goodput {goodput:.1f}/s = "
+        f"{rate:.0f}/s for {window:.0f} s (answered {answered / window:.0f}/s) | goodput "
+        f"{goodput:.1f}/s = "
         f"{goodput / capacity.throughput:.2f}x capacity; RESOURCE_EXHAUSTED "
         f"{codes['RESOURCE_EXHAUSTED'] / max(answered, 1):.0%} of answers; p99 of accepted "
         f"{p99:.0f} ms (capacity p99 {capacity.p99_ms:.0f} ms); other: {others or 'none'}; "
