@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -22,7 +23,7 @@ OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
 
 
 def server_credentials(tls: TlsSettings) -> grpc.ServerCredentials:
-    def read(path: Any, what: str) -> bytes:
+    def read(path: Path, what: str) -> bytes:
         try:
             data: bytes = path.read_bytes()
         except OSError as exc:
