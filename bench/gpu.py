@@ -75,10 +75,8 @@ def main() -> int:
     seconds = args.seconds if has_cuda else min(args.seconds, 2.0)
     print(f"machine: {machine()}", flush=True)
     if has_cuda:
-        import subprocess as sp
-
-        gpu = sp.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
-                     capture_output=True, text=True, check=False).stdout.strip()  # fmt: skip
+        query = ["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"]
+        gpu = subprocess.run(query, capture_output=True, text=True, check=False).stdout.strip()
         print(f"gpu: {gpu}", flush=True)
     if not args.skip_tests:
         tests = subprocess.run(

@@ -125,12 +125,12 @@ def _tune(args: argparse.Namespace) -> int:
         "seconds": found.seconds,
         "trials": [asdict(t) for t in found.trials],
     }
-    card = finish(args.out, args.name, prepared, model, str(chosen), config, result,
-                  max_batch_size=args.max_batch_size, plots=args.plots,
-                  extra={"search": search_record})  # fmt: skip
+    # The search's table and plot go next to the model, into the one card write.
+    (args.out / args.name).mkdir(exist_ok=True)
     files = write_trials(found, args.out / args.name)
-    card["plots"] = [*card["plots"], files[1]]
-    write_card(args.out / args.name, card)
+    finish(args.out, args.name, prepared, model, str(chosen), config, result,
+           max_batch_size=args.max_batch_size, plots=args.plots,
+           extra={"search": search_record}, more_plots=files[1:])  # fmt: skip
     return 0
 
 
@@ -196,7 +196,8 @@ def _quantize(args: argparse.Namespace) -> int:
         f" images/s = {report.speedup:.2f}x; wrote {target}"
     )
     card["int8"] = {**asdict(report), "speedup": report.speedup}
-    (target_entry / "model_card.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+    card["plots"] = []  # the fp32 entry's plots stay with it
+    write_card(target_entry, card)
     return 0
 
 

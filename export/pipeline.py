@@ -8,6 +8,7 @@ for the final metrics, the ONNX parity check and the qualitative grid.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -42,8 +43,6 @@ from export.onnx_export import check_parity, parity_dict, write_repository_entry
 from export.report import plot_confusion, plot_curves, plot_examples, write_card
 from export.train import TrainConfig, TrainResult, evaluate, predict
 
-EMPTY = np.zeros((0,), np.float32)
-
 
 class HeldOutTest:
     """The test split, readable once: a second read is a methodology bug and raises."""
@@ -68,9 +67,13 @@ class Prepared:
     normalization: Normalization
     split: Split  # normalized; its test arrays are empty (see `test`)
     test: HeldOutTest
-    class_names: tuple[str, ...]
+    test_class_counts: dict[str, int]  # for the card, without reading the test images
     shape: tuple[int, int, int]  # height, width, channels
     groups: dict[str, list[str]] | None  # which groups went to which split
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.split.class_names
 
 
 def prepare(data: dict[str, Any]) -> Prepared:
@@ -101,23 +104,20 @@ def prepare(data: dict[str, Any]) -> Prepared:
         )
     normalization = dataset_statistics(split.train_x, color=color)
     test = HeldOutTest(normalization.apply(split.test_x), split.test_y, split.test_x)
-    counts_test = class_counts(split.test_y, names)
     searchable = normalized(
         replace(split, test_x=split.test_x[:0], test_y=split.test_y[:0]), normalization
     )
     _, height, width, channels = split.train_x.shape
-    prepared = Prepared(
+    return Prepared(
         data,
         description,
         normalization,
         searchable,
         test,
-        names,
+        class_counts(split.test_y, names),
         (height, width, channels),
         assignment,
     )
-    prepared.data = {**data, "test_class_counts": counts_test}
-    return prepared
 
 
 def default_spec(channels: int, height: int, width: int, classes: int) -> CnnSpec:
@@ -194,6 +194,7 @@ def finish(
     max_batch_size: int = 64,
     plots: bool = True,
     extra: dict[str, Any] | None = None,
+    more_plots: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Read the test split (once), export, check parity, write the entry and its card."""
     test_x, test_y, test_pixels = prepared.test.read()
@@ -238,11 +239,10 @@ def finish(
     train_record.pop("history")
     split = prepared.split
     height, width, channels = prepared.shape
-    data = {k: v for k, v in prepared.data.items() if k != "test_class_counts"}
     weak = [c for c, row in test.per_class.items() if row["f1"] < test.macro_f1 - 0.1]
     card: dict[str, Any] = {
         "model": name,
-        "data": data,
+        "data": prepared.data,
         "dataset": prepared.description,
         "input": f"UINT8 pixels [batch, {height}, {width}, {channels}] (NHWC, "
         f"{prepared.normalization.color}), or PNG/JPEG",
@@ -255,13 +255,13 @@ def finish(
         "class_counts": {
             "train": class_counts(split.train_y, names),
             "val": class_counts(split.val_y, names),
-            "test": prepared.data["test_class_counts"],
+            "test": prepared.test_class_counts,
         },
         "groups": prepared.groups,
         "test": asdict(test),
         "weak_classes": weak,
         "parity": parity_dict(parity),
-        "plots": images,
+        "plots": [*images, *more_plots],
         **(extra or {}),
     }
     write_card(entry, card)

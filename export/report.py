@@ -10,12 +10,18 @@ from typing import Any
 from export.train import History, Metrics
 
 
-def plot_curves(history: History, best_epoch: int, path: Path) -> None:
+def pyplot() -> Any:
+    """matplotlib's pyplot drawing to files only (no display), imported when first needed."""
     import matplotlib
 
-    matplotlib.use("Agg")  # files only, no display
-    from matplotlib import pyplot as plt
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
 
+    return pyplot
+
+
+def plot_curves(history: History, best_epoch: int, path: Path) -> None:
+    plt = pyplot()
     epochs = range(1, len(history.train_loss) + 1)
     figure, (loss, accuracy) = plt.subplots(1, 2, figsize=(10, 4))
     loss.plot(epochs, history.train_loss, label="training")
@@ -33,11 +39,7 @@ def plot_curves(history: History, best_epoch: int, path: Path) -> None:
 
 
 def plot_confusion(metrics: Metrics, class_names: tuple[str, ...], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
+    plt = pyplot()
     size = max(4.0, 0.5 * len(class_names) + 2)
     figure, axis = plt.subplots(figsize=(size, size))
     axis.imshow(metrics.confusion, cmap="Blues")
@@ -139,12 +141,9 @@ def plot_examples(
 ) -> None:
     """A grid of test images with true and predicted label and confidence: the first
     `count` images, or the `count` most confident mistakes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import numpy as np
-    from matplotlib import pyplot as plt
 
+    plt = pyplot()
     predicted = probabilities.argmax(1)
     confidence = probabilities.max(1)
     if mistakes:

@@ -19,10 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import torch
 
 from export.architectures import Cnn, CnnSpec
 from export.augment import Augmentation
 from export.pipeline import Prepared, resized_spec
+from export.report import pyplot
 from export.train import TrainConfig, train
 
 # name -> a list of values (grid and TPE), or {low, high, log?} (TPE only)
@@ -186,7 +188,7 @@ def search(
     def objective(trial: optuna.Trial) -> float:
         params = _suggest(trial, space)
         chosen, config = configure(params, spec, base, augmentation)
-        torch_seed(seed)
+        torch.manual_seed(seed)
         model = Cnn(chosen)
 
         def report(epoch: int, val_loss: float) -> None:
@@ -242,19 +244,9 @@ def search(
     )
 
 
-def torch_seed(seed: int) -> None:
-    import torch
-
-    torch.manual_seed(seed)
-
-
 def write_trials(result: SearchResult, folder: Path) -> list[str]:
     """trials.csv and search.png in `folder`; returns the file names."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
+    plt = pyplot()
     names = sorted({k for t in result.trials for k in t.params})
     with (folder / "trials.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)

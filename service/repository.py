@@ -102,7 +102,6 @@ ModelListener = Callable[[str, bool], Awaitable[None]]
 class ModelEntry:
     name: str
     reason: str = ""
-    versions: list[int] = field(default_factory=list)
     served: ServedModel | None = None
     stamp: FileStamp = ()  # of the served version's files
     # Versions that failed to load, with why, and the files that failed (not retried by the
@@ -330,11 +329,11 @@ class ModelRepository:
         model_dir = self.model_dir(name)
         async with self._locks.setdefault(name, asyncio.Lock()):
             entry = self._entries.setdefault(name, ModelEntry(name))
-            entry.versions = discover_versions(model_dir)
-            if not entry.versions:
+            versions = discover_versions(model_dir)
+            if not versions:
                 entry.reason = f"no version folder with {MODEL_FILE} under {model_dir}"
                 raise ModelLoadError(f"model {name} not loaded: {entry.reason}")
-            version = entry.versions[-1]
+            version = versions[-1]
             stamp = file_stamp(model_dir, version)
             served = entry.served
             if served is not None and served.version == version and entry.stamp == stamp:

@@ -5,6 +5,7 @@ classifies PNG files sent as they are. Plus `export onnx` for an arbitrary nn.Mo
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from service.client import classify_files
-from tests.serving import REPO_ROOT, running_server
+from tests.serving import EXAMPLE_MODELS, REPO_ROOT, running_server
 
 SHAPES = ("circle", "square", "triangle")
 
@@ -155,3 +156,14 @@ def test_finetuning_starts_from_saved_weights_with_the_backbone_frozen(tmp_path:
     assert backbone and all(torch.equal(before[k], after[k]) for k in backbone)  # frozen
     heads = [k for k in before if k.startswith("classifier.") and k.endswith("weight")]
     assert any(not torch.equal(before[k], after[k]) for k in heads)  # trained
+
+
+def test_int8_digits_stays_within_half_a_point_of_fp32(tmp_path: Path) -> None:
+    shutil.copytree(EXAMPLE_MODELS / "digits", tmp_path / "digits")
+    done = export("quantize", "--model", str(tmp_path / "digits"))
+    assert done.returncode == 0, done.stderr
+    assert "images/s =" in done.stdout  # the CPU speed ratio is printed (measured, not asserted)
+    report = json.loads((tmp_path / "digits_int8" / "model_card.json").read_text())["int8"]
+    assert report["fp32_accuracy"] >= 0.985
+    assert report["int8_accuracy"] >= report["fp32_accuracy"] - 0.005
+    assert (tmp_path / "digits_int8" / "model_card.md").is_file()

@@ -60,7 +60,7 @@ def test_digits_test_split_accuracy_and_exact_parity(client: triton.InferenceSer
         served_rows.append(served)
     predictions = np.concatenate(served_rows).argmax(axis=1)
     accuracy = float((predictions == split.test_y).mean())
-    assert accuracy >= 0.97
+    assert accuracy >= 0.985  # issue 8's bar for the default digits model
     # From uint8 pixels the server reaches the accuracy export measured in torch: the same
     # number of correct predictions (the card's figure is a float32 mean).
     assert round(accuracy * len(predictions)) == round(reported_test_accuracy() * len(predictions))

@@ -141,3 +141,17 @@ def test_image_folder_bad_inputs(tmp_path: Path) -> None:
         draw(tmp_path / "empty" / f"{i}.png", (8, 8))
     with pytest.raises(DatasetError, match="class 'empty' has 3 images"):
         load_image_folder(tmp_path)
+
+
+def test_training_is_deterministic_for_a_seed() -> None:
+    from export.pipeline import default_augmentation, prepare
+
+    prepared = prepare({"kind": "digits", "seed": 0})
+    config = TrainConfig(epochs=2, augmentation=default_augmentation(prepared), seed=3)
+    states = []
+    for _ in range(2):
+        torch.manual_seed(config.seed)  # the initial weights, as the CLI seeds them
+        model = Cnn(CnnSpec(1, 8, 8, (BlockSpec((ConvSpec(8),)),), (16,), 10))
+        train(model, prepared.split, config, progress=None)
+        states.append(model.state_dict())
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
