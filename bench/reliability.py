@@ -1,7 +1,9 @@
-"""`python -m bench.reliability overload|soak|drain|reload|all`: the worst-minute benches.
+"""`python -m bench.reliability overload|soak|drain|reload|memory|all`: the worst-minute
+benches.
 
 Each runs real `cnnserve serve` processes on loopback ports, is bounded in time and request
-count, and prints one markdown row for bench/README.md ("Reliability"):
+count, and prints one markdown row for bench/README.md ("Reliability") with its criterion
+beside the figure; the command exits 1 when any criterion fails:
 
 - overload: capacity measured closed-loop first, then an open-loop offered load of 4x that
   for a fixed window: goodput (OK/s), the share answered RESOURCE_EXHAUSTED, p99 of the
@@ -11,6 +13,9 @@ count, and prints one markdown row for bench/README.md ("Reliability"):
 - drain: SIGTERM in the middle of sustained load; every request must come back OK (accepted,
   completed) or UNAVAILABLE (refused, never ran); the process exits 0.
 - reload: explicit model control; a new digits version every 2 s under load; failures.
+- memory: explicit model control; a 20 MiB model (fixed batch 1, like a third-party
+  detector) reloaded 10 times with new weights, one inference after each, then unloaded;
+  server RSS after each step.
 """
 
 from __future__ import annotations
@@ -23,8 +28,10 @@ import shutil
 import signal
 import sys
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -35,6 +42,23 @@ from bench.loadgen import LOOPBACK, METHOD, infer_request_bytes, run_level
 from bench.run import OUT, ROOT, ServerProcess, build_repository
 from service.codec import serialize_bytes_tensor
 from service.v2 import grpc_service_pb2 as pb
+from tests import onnx_models
+from tests.serving import free_port
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One bench's row: what was measured, the criterion, whether it held."""
+
+    bench: str
+    load: str
+    result: str
+    criterion: str
+    passed: bool
+
+    def row(self) -> str:
+        verdict = "pass" if self.passed else "**FAIL**"
+        return f"| {self.bench} | {self.load} | {self.result} | {self.criterion} | {verdict} |"
 
 
 def cpu_seconds(pid: int) -> float:
@@ -127,8 +151,12 @@ def jpeg_request_bytes() -> bytes:
     return request.SerializeToString()
 
 
-def overload(repository: Path) -> str:
-    return "\n".join(
+OVERLOAD_GOODPUT = 0.8  # of closed-loop capacity (measured 0.86-0.94)
+OVERLOAD_CODES = {"OK", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED"}
+
+
+def overload(repository: Path) -> list[Outcome]:
+    return [
         overload_with(repository, form, payload)
         for form, payload in (
             (
@@ -137,10 +165,10 @@ def overload(repository: Path) -> str:
             ),
             ("JPEG, BYTES", jpeg_request_bytes()),
         )
-    )
+    ]
 
 
-def overload_with(repository: Path, form: str, payload: bytes) -> str:
+def overload_with(repository: Path, form: str, payload: bytes) -> Outcome:
     # Clients send uint8 pixels or JPEGs and the server preprocesses, as an image service is
     # deployed. Two single-threaded instances: under overload gRPC's threads preempt
     # onnxruntime's, and one intra-op pool of 2 threads then stalls at every barrier (0.83x
@@ -173,20 +201,26 @@ def overload_with(repository: Path, form: str, payload: bytes) -> str:
     answered = sum(codes.values())
     p99 = float(np.percentile(np.asarray(latencies) * 1000, 99)) if latencies else float("nan")
     others = ", ".join(f"{k} {v}" for k, v in codes.most_common() if k != "OK")
-    return (
-        f"| overload (resnet18, {form}, {len(payload) // 1024} KiB) | capacity "
-        f"{capacity.throughput:.1f}/s (c=32); offered "
-        f"{rate:.0f}/s for {window:.0f} s (answered {answered / window:.0f}/s) | goodput "
-        f"{goodput:.1f}/s = "
-        f"{goodput / capacity.throughput:.2f}x capacity; RESOURCE_EXHAUSTED "
+    ratio = goodput / capacity.throughput
+    unexpected = set(codes) - OVERLOAD_CODES
+    return Outcome(
+        f"overload (resnet18, {form}, {len(payload) // 1024} KiB)",
+        f"capacity {capacity.throughput:.1f}/s (c=32); offered {rate:.0f}/s for "
+        f"{window:.0f} s (answered {answered / window:.0f}/s)",
+        f"goodput {goodput:.1f}/s = {ratio:.2f}x capacity; RESOURCE_EXHAUSTED "
         f"{codes['RESOURCE_EXHAUSTED'] / max(answered, 1):.0%} of answers; p99 of accepted "
         f"{p99:.0f} ms (capacity p99 {capacity.p99_ms:.0f} ms); other: {others or 'none'}; "
         f"skipped by client {skipped}; cores used (server, client): closed loop "
-        f"{closed_cpu[0]:.2f}, {closed_cpu[1]:.2f}; at 4x {open_cpu[0]:.2f}, {open_cpu[1]:.2f} |"
+        f"{closed_cpu[0]:.2f}, {closed_cpu[1]:.2f}; at 4x {open_cpu[0]:.2f}, {open_cpu[1]:.2f}",
+        f"goodput >= {OVERLOAD_GOODPUT}x capacity; codes only {', '.join(sorted(OVERLOAD_CODES))}",
+        ratio >= OVERLOAD_GOODPUT and not unexpected,
     )
 
 
-def soak(repository: Path, total: int = 100_000) -> str:
+SOAK_GROWTH = 0.05
+
+
+def soak(repository: Path, total: int = 100_000) -> list[Outcome]:
     server = ServerProcess(repository, batching=True)
     try:
         payload = infer_request_bytes("digits", "image", (1, 8, 8, 1), "UINT8")
@@ -204,14 +238,19 @@ def soak(repository: Path, total: int = 100_000) -> str:
     finally:
         server.stop()
     growth = after / before - 1
-    return (
-        f"| soak (digits) | {result.requests:,} requests at c=8 after 10,000 warm-up, "
-        f"{seconds:.0f} s, errors {result.errors} | RSS {before / 2**20:.1f} MiB -> "
-        f"{after / 2**20:.1f} MiB ({growth:+.2%}) |"
-    )
+    return [
+        Outcome(
+            "soak (digits)",
+            f"{result.requests:,} requests at c=8 after 10,000 warm-up, {seconds:.0f} s",
+            f"errors {result.errors}; RSS {before / 2**20:.1f} MiB -> {after / 2**20:.1f} MiB "
+            f"({growth:+.2%})",
+            f"0 errors; RSS growth < {SOAK_GROWTH:.0%}",
+            result.errors == 0 and growth < SOAK_GROWTH,
+        )
+    ]
 
 
-def drain(repository: Path) -> str:
+def drain(repository: Path) -> list[Outcome]:
     server = ServerProcess(repository, batching=True, flags=["--grace-period", "30"])
     payload = infer_request_bytes("digits", "image", (1, 8, 8, 1), "UINT8")
     codes: Counter[str] = Counter()
@@ -242,14 +281,19 @@ def drain(repository: Path) -> str:
 
     exit_code = asyncio.run(load(3.0))
     others = {k: v for k, v in codes.items() if k not in ("OK", "UNAVAILABLE")}
-    return (
-        f"| drain (digits) | SIGTERM after 3 s at c=16 | {codes['OK']:,} OK (accepted = "
-        f"completed), {codes['UNAVAILABLE']} UNAVAILABLE (refused, never ran), other codes "
-        f"{others or 'none'}; exit code {exit_code} |"
-    )
+    return [
+        Outcome(
+            "drain (digits)",
+            "SIGTERM after 3 s at c=16",
+            f"{codes['OK']:,} OK (accepted = completed), {codes['UNAVAILABLE']} UNAVAILABLE "
+            f"(refused, never ran), other codes {others or 'none'}; exit code {exit_code}",
+            "only OK or UNAVAILABLE; some OK; exit code 0",
+            not others and codes["OK"] > 0 and exit_code == 0,
+        )
+    ]
 
 
-def reload(repository: Path, swaps: int = 8) -> str:
+def reload(repository: Path, swaps: int = 8) -> list[Outcome]:
     server = ServerProcess(repository, batching=True, flags=["--model-control-mode", "explicit"])
     payload = infer_request_bytes("digits", "image", (1, 8, 8, 1), "UINT8")
     codes: Counter[str] = Counter()
@@ -293,17 +337,105 @@ def reload(repository: Path, swaps: int = 8) -> str:
         server.stop()
     failed = sum(v for k, v in codes.items() if k != "OK")
     per_version = dict(sorted(versions.items(), key=lambda kv: int(kv[0])))
-    return (
-        f"| reload (digits) | {swaps} new versions, one every 2 s, at c=8 | {codes['OK']:,} OK, "
-        f"{failed} failed; answers per version {per_version} |"
+    every_version = all(str(v) in versions for v in range(1, swaps + 2))
+    return [
+        Outcome(
+            "reload (digits)",
+            f"{swaps} new versions, one every 2 s, at c=8",
+            f"{codes['OK']:,} OK, {failed} failed; answers per version {per_version}",
+            "0 failed; every version answered",
+            failed == 0 and every_version,
+        )
+    ]
+
+
+def until_series_gone(port: int, model: str, version: str, keep: str = "") -> None:
+    """Poll /metrics until a retired version's series are gone (its retirement is complete:
+    they are removed last); bounded."""
+    url = f"http://127.0.0.1:{port}/metrics"
+    for _ in range(3000):
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            text = answer.read().decode()
+        label = f'model="{model}",version="{version}"'
+        if not any(
+            label in line and not line.startswith(keep or "#") for line in text.splitlines()
+        ):
+            return
+        time.sleep(0.01)  # poll interval
+    raise RuntimeError(f"version {version} of {model} was never retired")
+
+
+MEMORY_MODEL = (1024, 5120)  # W of 1024 x 5120 float32 = 20 MiB
+RELOADS = 10
+
+
+def memory(repository: Path) -> list[Outcome]:
+    """RSS of the server across reloads of a 20 MiB model and its unload."""
+    inputs, outputs = MEMORY_MODEL
+    model_mib = inputs * outputs * 4 / 2**20
+    root = repository / "memory"
+    if root.exists():
+        shutil.rmtree(root)
+
+    def write(version: int) -> None:
+        model = onnx_models.wide(inputs, outputs, seed=version)
+        onnx_models.save(model, root / "wide" / str(version) / "model.onnx")
+
+    write(1)
+    metrics_port = free_port()
+    server = ServerProcess(
+        root,
+        batching=True,
+        flags=["--model-control-mode", "explicit", "--metrics-port", str(metrics_port)],
     )
+    x = triton.InferInput("x", [1, inputs], "FP32")
+    x.set_data_from_numpy(np.ones((1, inputs), np.float32))
+    rss: list[float] = []
+    served: list[str] = []
+    try:
+        pid = server.process.pid
+        client = triton.InferenceServerClient(server.address)
+        served.append(client.infer("wide", [x]).get_response().model_version)
+        rss.append(rss_bytes(pid) / 2**20)
+        for version in range(2, RELOADS + 2):
+            write(version)
+            client.load_model("wide")
+            served.append(client.infer("wide", [x]).get_response().model_version)
+            # The old version is retired in the background once its last request is done.
+            until_series_gone(metrics_port, "wide", str(version - 1))
+            rss.append(rss_bytes(pid) / 2**20)
+        client.unload_model("wide")
+        until_series_gone(metrics_port, "wide", str(RELOADS + 1), keep="cnnserve_model_ready")
+        unloaded = rss_bytes(pid) / 2**20
+        client.close()
+    finally:
+        server.stop()
+    growth = rss[-1] - rss[0]
+    after_unload = unloaded - rss[0]
+    bound = 20.0
+    every_version = served == [str(v) for v in range(1, RELOADS + 2)]
+    steps = ", ".join(f"{value:.0f}" for value in rss)
+    return [
+        Outcome(
+            f"memory ({model_mib:.0f} MiB model, fixed batch 1)",
+            f"{RELOADS} reloads with new weights (tritonclient load_model), one inference "
+            "after each, then unload",
+            f"RSS MiB after the first load and each reload: {steps}; growth {growth:+.1f} MiB "
+            f"(peak {max(rss) - rss[0]:+.1f}); "
+            f"after unload {unloaded:.0f} MiB ({after_unload:+.1f} MiB vs the first load); "
+            f"every version served: {'yes' if every_version else 'NO'}",
+            f"growth over {RELOADS} reloads < {bound:.0f} MiB, and after the unload too",
+            growth < bound and after_unload < bound and every_version,
+        )
+    ]
 
 
-BENCHES: dict[str, Callable[[Path], str]] = {
+BENCHES: dict[str, Callable[[Path], list[Outcome]]] = {
     "overload": overload,
     "soak": soak,
     "drain": drain,
     "reload": reload,
+    "memory": memory,
 }
 
 
@@ -312,11 +444,18 @@ def main() -> int:
     parser.add_argument("bench", choices=[*BENCHES, "all"])
     args = parser.parse_args()
     chosen = list(BENCHES) if args.bench == "all" else [args.bench]
-    print("| bench | load | result |\n|---|---|---|")
+    print("| bench | load | result | criterion | verdict |\n|---|---|---|---|---|")
+    failed: list[str] = []
     for name in chosen:
         repository = OUT / f"reliability-{name}"
         build_repository(repository)
-        print(BENCHES[name](repository), flush=True)
+        for outcome in BENCHES[name](repository):
+            print(outcome.row(), flush=True)
+            if not outcome.passed:
+                failed.append(outcome.bench)
+    if failed:
+        print(f"criteria failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 

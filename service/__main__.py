@@ -169,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--model", required=True)
     infer.add_argument("--url", default=_env("URL", "127.0.0.1:8001"), help="host:port")
     infer.add_argument("--top-k", type=int, default=3)
+    infer.add_argument("--timeout", type=float, default=30.0, help="seconds")
     _client_security_flags(infer)
 
     health = commands.add_parser(
@@ -274,22 +275,33 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"cnnserve: {exc.message}", file=sys.stderr)
             return 1
         return 0
-    if args.command == "health":
-        from service.client import health_check
-
-        status = health_check(args.url, args.service, args.timeout, _client_security(args))
-        print(f"{args.service or 'server'} at {args.url}: {status}")
-        return 0 if status == "SERVING" else 1
-    if args.command == "infer":
-        from service.client import classify_files
-
-        lines = classify_files(
-            args.url, args.model, args.images, args.top_k, _client_security(args)
-        )
-        for line in lines:
-            print(line)
-        return 0
+    if args.command in ("health", "infer"):
+        return _client_command(args)
     return 2
+
+
+def _client_command(args: argparse.Namespace) -> int:
+    """`health` and `infer`: one line per error on stderr; exit 1 for what the server said
+    (or could not be reached), 2 for a usage error, 0 otherwise."""
+    from service.client import ClientError, UsageError, classify_files, health_check
+
+    try:
+        if args.command == "health":
+            status = health_check(args.url, args.service, args.timeout, _client_security(args))
+            print(f"{args.service or 'server'} at {args.url}: {status}")
+            return 0 if status == "SERVING" else 1
+        lines = classify_files(
+            args.url, args.model, args.images, args.top_k, _client_security(args), args.timeout
+        )
+    except UsageError as exc:
+        print(f"cnnserve {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except ClientError as exc:
+        print(f"cnnserve {args.command}: {exc}", file=sys.stderr)
+        return 1
+    for line in lines:
+        print(line)
+    return 0
 
 
 if __name__ == "__main__":

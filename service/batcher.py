@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -78,6 +78,7 @@ TOO_LARGE = "too_large"
 DEADLINE = "deadline"
 CANCELLED = "cancelled"
 SHUTTING_DOWN = "shutting_down"
+FAILED = "failed"  # the version's dispatcher died: it refuses until it is replaced
 
 
 @dataclass(eq=False)
@@ -86,7 +87,8 @@ class _Pending:
 
     inputs: Mapping[str, npt.NDArray[np.generic]]
     output_names: tuple[str, ...]
-    rows: int
+    rows: int  # in the queue's accounting: the batch size, or 1 when requests never merge
+    batch_size: int  # rows as sent (what one run computes when requests never merge)
     deadline: float | None
     enqueued_at: float
     future: asyncio.Future[Arrays]
@@ -156,6 +158,8 @@ class DynamicBatcher:
         self._running: set[asyncio.Task[None]] = set()
         self._executor: ThreadPoolExecutor | None = None
         self._closing = False
+        self._failure: str | None = None
+        self._failure_listeners: list[Callable[[str], None]] = []
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -165,13 +169,15 @@ class DynamicBatcher:
         )
         self._idle = list(self._runners)
         self._dispatcher = asyncio.create_task(self._dispatch_loop(), name=f"batcher-{self._name}")
+        self._dispatcher.add_done_callback(self._supervise)
 
     async def aclose(self) -> None:
         """Stop admitting, finish every accepted request, then release the threads."""
         self._closing = True
         self._wakeup.set()
         if self._dispatcher is not None:
-            await self._dispatcher
+            # wait (not await): a dispatcher that died has already failed its requests.
+            await asyncio.wait([self._dispatcher])
             self._dispatcher = None
         if self._running:
             await asyncio.gather(*self._running)
@@ -193,6 +199,50 @@ class DynamicBatcher:
     def busy_instances(self) -> int:
         return len(self._runners) - len(self._idle)
 
+    @property
+    def queue_capacity(self) -> int:
+        return self.policy.max_queue_size
+
+    @property
+    def failure(self) -> str | None:
+        """Why this batcher stopped serving (its dispatcher died), or None."""
+        return self._failure
+
+    def add_failure_listener(self, listener: Callable[[str], None]) -> None:
+        """`listener(reason)` runs once, on the event loop, if the dispatcher dies."""
+        self._failure_listeners.append(listener)
+
+    # -- supervision -------------------------------------------------------------------
+
+    def _supervise(self, task: asyncio.Task[None]) -> None:
+        """The dispatcher ended. After `aclose` that is the plan. Cancelled (the event loop
+        is being torn down): nothing will serve, so waiting requests are answered
+        UNAVAILABLE. Raised: a bug, and nothing will ever take a request out of the queue:
+        fail every waiting request now (one without a deadline would wait forever), refuse
+        new ones, and tell the listeners (the repository takes the version out of service)."""
+        if task.cancelled():
+            self._closing = True
+            self._fail_waiting(Unavailable(f"model '{self._name}' is shutting down"))
+            return
+        error = task.exception()
+        if error is None:
+            if self._closing:
+                return
+            error = RuntimeError("the dispatcher returned while serving")
+        reason = f"the batcher of model '{self._name}' stopped: {error!r}"
+        self._failure = reason
+        log.error("%s; failing its queued requests", reason, exc_info=error)
+        self._fail_waiting(InternalError(reason))
+        for listener in self._failure_listeners:
+            listener(reason)
+
+    def _fail_waiting(self, error: CnnserveError) -> None:
+        waiting = list(self._queue)
+        self._queue.clear()
+        self._queued_rows = 0
+        for pending in waiting:
+            pending.fail(error)
+
     # -- admission ---------------------------------------------------------------------
 
     def check_admission(self, batch_size: int, deadline: float | None) -> None:
@@ -203,6 +253,9 @@ class DynamicBatcher:
 
     def _admit(self, batch_size: int, deadline: float | None, now: float) -> int:
         """The rows a request takes in the queue, or the error that refuses it."""
+        if self._failure is not None:
+            self._reject(FAILED)
+            raise Unavailable(f"model '{self._name}' is not ready: {self._failure}")
         if self._dispatcher is None or self._closing:
             self._reject(SHUTTING_DOWN)
             raise Unavailable(f"model '{self._name}' is not accepting requests (shutting down)")
@@ -239,6 +292,7 @@ class DynamicBatcher:
             inputs=inputs,
             output_names=tuple(output_names),
             rows=rows,
+            batch_size=batch_size,
             deadline=deadline,
             enqueued_at=now,
             future=loop.create_future(),
@@ -397,26 +451,32 @@ class DynamicBatcher:
                 offset += part.rows
         except CnnserveError as exc:
             failed = True
-            for part in batch:
-                part.request.fail(type(exc)(exc.message))
+            self._fail_parts(batch, exc)
         except Exception as exc:  # a fault in our code or the runner: every part learns why
             failed = True
             log.exception("batch of %d rows failed on model %s", len(batch), self._name)
-            for part in batch:
-                part.request.fail(InternalError(f"batch failed: {exc}"))
+            self._fail_parts(batch, InternalError(f"batch failed: {exc}"))
         finally:
             self._idle.append(runner)
             self._wakeup.set()
         if self._observer is not None:
             self._observer.batch(
                 BatchRecord(
-                    rows=sum(p.rows for p in batch),
+                    rows=sum(p.rows if self.policy.merge else p.request.batch_size for p in batch),
                     requests=len(batch),
                     queue_waits_s=tuple(started - p.request.enqueued_at for p in batch),
                     compute_s=compute_s,
                     failed=failed,
                 )
             )
+
+    def _fail_parts(self, batch: list[_Slice], error: CnnserveError) -> None:
+        """Every request in a failed batch gets the error as raised (the same instance: no
+        rebuilding by constructor). A request split over several batches has failed as a
+        whole, so its rows that are still queued are withdrawn and never computed."""
+        for part in batch:
+            part.request.fail(error)
+            self._forget(part.request)
 
 
 def _gather_inputs(batch: list[_Slice]) -> dict[str, npt.NDArray[np.generic]]:

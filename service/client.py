@@ -8,7 +8,8 @@ the v2 protocol with our own generated stubs, so it needs no tritonclient.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,15 @@ import numpy as np
 from service.codec import deserialize_bytes_tensor, serialize_bytes_tensor
 from service.v2 import grpc_service_pb2 as pb
 from service.v2 import grpc_service_pb2_grpc as pb_grpc
+
+
+class ClientError(Exception):
+    """What went wrong, in one line for the command line: the server's status and message,
+    or that the server could not be reached."""
+
+
+class UsageError(ClientError):
+    """The command itself is wrong (an unreadable file, a bad option value): exit 2."""
 
 
 @dataclass(frozen=True)
@@ -45,27 +55,52 @@ class ClientSecurity:
         return (("authorization", f"Bearer {self.token}"),) if self.token else ()
 
 
+@contextmanager
+def connected(address: str, security: ClientSecurity, timeout_s: float) -> Iterator[grpc.Channel]:
+    """A channel that is connected (or ClientError "cannot reach"), whose RPC errors come
+    out as ClientError "<STATUS>: <message>"."""
+    with security.channel(address) as channel:
+        try:
+            grpc.channel_ready_future(channel).result(timeout=timeout_s)
+        except grpc.FutureTimeoutError:
+            raise ClientError(
+                f"cannot reach {address} (no connection in {timeout_s:g} s)"
+            ) from None
+        try:
+            yield channel
+        except grpc.RpcError as exc:
+            raise ClientError(f"{exc.code().name}: {exc.details()}") from None
+
+
 def classify_files(
     address: str,
     model: str,
     paths: Sequence[Path],
     top_k: int,
     security: ClientSecurity = ClientSecurity(),
+    timeout_s: float = 30.0,
 ) -> list[str]:
-    with security.channel(address) as channel:
+    if top_k < 1:
+        raise UsageError(f"--top-k must be at least 1, got {top_k}")
+    files = np.empty(len(paths), dtype=np.object_)
+    try:
+        files[:] = [path.read_bytes() for path in paths]
+    except OSError as exc:
+        raise UsageError(f"cannot read {exc.filename}: {exc.strerror}") from None
+    with connected(address, security, min(timeout_s, 10.0)) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         auth = security.metadata
-        metadata = stub.ModelMetadata(pb.ModelMetadataRequest(name=model), metadata=auth)
+        metadata = stub.ModelMetadata(
+            pb.ModelMetadataRequest(name=model), metadata=auth, timeout=timeout_s
+        )
         if len(metadata.inputs) != 1 or len(metadata.outputs) < 1:
-            raise SystemExit(f"model '{model}' must have one image input")
-        files = np.empty(len(paths), dtype=np.object_)
-        files[:] = [path.read_bytes() for path in paths]
+            raise ClientError(f"model '{model}' must have one image input")
         request = pb.ModelInferRequest(model_name=model)
         request.inputs.add(name=metadata.inputs[0].name, datatype="BYTES", shape=[len(paths)])
         request.raw_input_contents.append(serialize_bytes_tensor(files))
         output = request.outputs.add(name=metadata.outputs[0].name)
         output.parameters["classification"].int64_param = top_k
-        response = stub.ModelInfer(request, metadata=auth)
+        response = stub.ModelInfer(request, metadata=auth, timeout=timeout_s)
     shape = list(response.outputs[0].shape)
     count = int(np.prod(shape))
     ranked = deserialize_bytes_tensor("output", response.raw_output_contents[0], count)
@@ -83,15 +118,13 @@ def classify_files(
 def health_check(
     address: str, service: str, timeout_s: float, security: ClientSecurity = ClientSecurity()
 ) -> str:
-    """The gRPC health status name of `service` ("" = the server), or why it has none.
-    Health needs no token, but a TLS server needs a TLS channel."""
+    """The gRPC health status name of `service` ("" = the server): SERVING, NOT_SERVING...
+    ClientError when the server cannot be reached or answers an error (NOT_FOUND for a
+    model it does not know). Health needs no token, but a TLS server needs a TLS channel."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with security.channel(address) as channel:
-        try:
-            answer = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=service), timeout=timeout_s
-            )
-        except grpc.RpcError as exc:
-            return f"{exc.code().name}: {exc.details()}"
+    with connected(address, security, timeout_s) as channel:
+        answer = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=timeout_s
+        )
     return str(health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status))

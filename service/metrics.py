@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 
 from service.batcher import BatchRecord
+from service.scheduler import Scheduler
 
 DURATION_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
@@ -83,6 +85,11 @@ class LoopHistograms:
         if series is None:
             series = self._series[values] = LoopHistogram(self.buckets)
         return series
+
+    def remove_matching(self, *prefix: str) -> None:
+        """Drop every series whose first label values are `prefix` (a retired version)."""
+        for values in [v for v in self._series if v[: len(prefix)] == prefix]:
+            del self._series[values]
 
     def describe(self) -> list[HistogramMetricFamily]:
         return [HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)]
@@ -207,6 +214,9 @@ class Metrics:
         # Labelled children by (model, version, code): `.labels()` costs as much as the
         # observation itself, and this runs once per request.
         self._request_children: dict[tuple[str, str, str], LoopHistogram] = {}
+        # The ModelMetrics that currently owns each (model, version) series: a reload of the
+        # same version number hands them to the new one, and the old one must leave them be.
+        self._owners: dict[tuple[str, str], ModelMetrics] = {}
 
     def stats(self, model: str, version: str) -> ModelStats:
         key = (model, version)
@@ -220,6 +230,52 @@ class Metrics:
 
     def for_model(self, model: str, version: str) -> ModelMetrics:
         return ModelMetrics(self, model, version)
+
+    def owns(self, bound: ModelMetrics) -> bool:
+        return self._owners.get((bound.model, bound.version)) is bound
+
+    def activate(self, bound: ModelMetrics) -> None:
+        """`bound` now serves: its (model, version) series are its own (a reload of the same
+        version number takes them over from the version it replaces)."""
+        self._owners[(bound.model, bound.version)] = bound
+
+    def release(self, owner: ModelMetrics, *, keep_ready_zero: bool) -> None:
+        """A retired version's series go: its gauge callbacks (which hold its scheduler and
+        through it the onnxruntime sessions), its histograms, counters and statistics. With
+        `keep_ready_zero` (an unload, a failure) `cnnserve_model_ready` stays, reading 0, so
+        alerts on a model out of service keep firing: one series per model, not per version."""
+        key = (owner.model, owner.version)
+        current = self._owners.get(key)
+        if current is not None and current is not owner:
+            return  # a newer load of the same version number owns these series now
+        self._owners.pop(key, None)
+        for gauge in (
+            self.queue_depth,
+            self.queue_capacity,
+            self.inflight_batches,
+            self.model_load_duration,
+        ):
+            with suppress(KeyError):
+                gauge.remove(*key)
+        for reason in owner.rejection_reasons:
+            with suppress(KeyError):
+                self.rejections.remove(*key, reason)
+        for family in (
+            self.request_duration,
+            self.queue_duration,
+            self.compute_duration,
+            self.decode_duration,
+            self.batch_size,
+        ):
+            family.remove_matching(*key)
+        for child in [c for c in self._request_children if c[:2] == key]:
+            del self._request_children[child]
+        self._stats.pop(key, None)
+        if keep_ready_zero:
+            self.model_ready.labels(*key).set(0)
+        else:
+            with suppress(KeyError):
+                self.model_ready.remove(*key)
 
     def request_finished(self, model: str, version: str, code: str, seconds: float) -> None:
         key = (model, version, code)
@@ -241,14 +297,28 @@ class ModelMetrics:
         self._compute = metrics.compute_duration.labels(model, version)
         self._batch_size = metrics.batch_size.labels(model, version)
         self._decode = metrics.decode_duration.labels(model, version)
+        self.rejection_reasons: set[str] = set()
 
-    def track_queue(
-        self, depth: Callable[[], float], inflight: Callable[[], float], capacity: int
-    ) -> None:
-        """Gauges read at scrape time: no cost per request."""
-        self.metrics.queue_capacity.labels(self.model, self.version).set(capacity)
-        self.metrics.queue_depth.labels(self.model, self.version).set_function(depth)
-        self.metrics.inflight_batches.labels(self.model, self.version).set_function(inflight)
+    def activate(self, scheduler: Scheduler, load_seconds: float) -> None:
+        """The version serves: queue gauges read at scrape time (no cost per request; the
+        callbacks hold the scheduler until `release` removes them), load time, ready."""
+        self.metrics.activate(self)
+        labels = (self.model, self.version)
+        self.metrics.model_load_duration.labels(*labels).set(load_seconds)
+        self.metrics.model_ready.labels(*labels).set(1)
+        self.metrics.queue_capacity.labels(*labels).set(scheduler.queue_capacity)
+        self.metrics.queue_depth.labels(*labels).set_function(lambda: scheduler.queued_rows)
+        self.metrics.inflight_batches.labels(*labels).set_function(lambda: scheduler.busy_instances)
+
+    def release(self, *, keep_ready_zero: bool = False) -> None:
+        """This version is retired: see `Metrics.release`."""
+        self.metrics.release(self, keep_ready_zero=keep_ready_zero)
+
+    def not_ready(self) -> None:
+        """Out of service (draining before retirement); a no-op when a newer load of the
+        same version number serves under these labels."""
+        if self.metrics.owns(self):
+            self.metrics.model_ready.labels(self.model, self.version).set(0)
 
     def batch(self, record: BatchRecord) -> None:
         """Queue wait (enqueue -> batch start), compute time and size of one executed batch."""
@@ -265,6 +335,7 @@ class ModelMetrics:
         batch.compute_infer.add(record.compute_s)
 
     def rejected(self, reason: str) -> None:
+        self.rejection_reasons.add(reason)
         self.metrics.rejections.labels(self.model, self.version, reason).inc()
 
     def decoded(self, seconds: float) -> None:
@@ -278,10 +349,6 @@ class ModelMetrics:
             stats.last_inference_ms = int(time.time() * 1000)  # wall clock: Triton's field
         else:
             stats.fail.add(seconds)
-
-    def loaded(self, seconds: float) -> None:
-        self.metrics.model_load_duration.labels(self.model, self.version).set(seconds)
-        self.metrics.model_ready.labels(self.model, self.version).set(1)
 
 
 class GpuMemoryCollector:

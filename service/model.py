@@ -39,6 +39,7 @@ class ServedModel:
     labels: tuple[str, ...] = ()
     preprocess: BoundPreprocess | None = None
     metrics: ModelMetrics | None = None
+    load_seconds: float = 0.0
     _decoder: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
     _users: int = field(default=0, init=False, repr=False)
     _unused: asyncio.Event = field(default_factory=asyncio.Event, init=False, repr=False)
@@ -76,10 +77,13 @@ class ServedModel:
         await self.aclose()
 
     async def aclose(self) -> None:
+        """Finish accepted requests, stop the threads, release the sessions."""
         await self.scheduler.aclose()
         if self._decoder is not None:
             await asyncio.to_thread(self._decoder.shutdown, wait=True)
             self._decoder = None
+        for runner in self.runners:
+            runner.close()
 
     def check_headers(self, headers: Sequence[TensorHeader]) -> int:
         """The signature check, run by the codec before payloads are decoded."""

@@ -1,4 +1,4 @@
-"""Image preprocessing: the spec, a numpy reference, and the ONNX subgraph.
+"""Image preprocessing: the spec and the ONNX subgraph.
 
 Semantics (config key `preprocessing`):
     normalize:   x' = x * scale
@@ -14,7 +14,8 @@ as float rounding noise divided by a tiny number.
 The subgraph (cast uint8 -> float, layout transpose, scale, mean/std) is spliced in front
 of the model's image input at load time, so it runs inside the same onnxruntime session, on
 the same device, once per batch; clients send uint8 pixels (a quarter of float32's bytes).
-`reference` computes the same formula in numpy and is the tests' oracle.
+The tests' oracle is written apart from this module, from the formulas alone
+(tests/preprocessing_oracle.py).
 """
 
 from __future__ import annotations
@@ -218,12 +219,6 @@ def bind(
     return BoundPreprocess(spec, target.name, target.datatype, layout, channels, height, width)
 
 
-def _to_model_layout(pre: BoundPreprocess, x: npt.NDArray[Any]) -> npt.NDArray[Any]:
-    if pre.spec.layout == pre.model_layout:
-        return x
-    return x.transpose(0, 3, 1, 2) if pre.model_layout == "NCHW" else x.transpose(0, 2, 3, 1)
-
-
 def _channel_shape(pre: BoundPreprocess) -> tuple[int, ...]:
     return (1, -1, 1, 1) if pre.model_layout == "NCHW" else (1, 1, 1, -1)
 
@@ -238,27 +233,6 @@ def _std_floor(pre: BoundPreprocess) -> float:
     """1/sqrt(N) for per-image statistics over N values (see the module docstring)."""
     count = pre.height * pre.width * (pre.channels if pre.spec.per_image == "image" else 1)
     return 1.0 / math.sqrt(count)
-
-
-def reference(pre: BoundPreprocess, pixels: npt.NDArray[np.uint8]) -> npt.NDArray[Any]:
-    """The numpy oracle: uint8 pixels in the client layout -> the model's input tensor."""
-    spec = pre.spec
-    x = _to_model_layout(pre, pixels.astype(np.float32))
-    if spec.mode != "none":
-        x = x * np.float32(spec.scale)
-    if spec.mode in ("center", "standardize"):
-        if spec.statistics == "dataset":
-            mean = np.asarray(spec.mean, np.float32).reshape(_channel_shape(pre))
-            x = x - mean
-            if spec.mode == "standardize":
-                x = x / np.asarray(spec.std, np.float32).reshape(_channel_shape(pre))
-        else:
-            axes = _reduce_axes(pre)
-            x = x - x.mean(axis=axes, keepdims=True)
-            if spec.mode == "standardize":
-                std = np.sqrt((x * x).mean(axis=axes, keepdims=True))
-                x = x / np.maximum(std, np.float32(_std_floor(pre)))
-    return x.astype(np.dtype(helper.tensor_dtype_to_np_dtype(_FLOAT_TYPES[pre.model_datatype])))
 
 
 class _Graph:

@@ -31,6 +31,7 @@ from service.errors import (
     NotFound,
     Unavailable,
 )
+from service.heap import release_free_heap
 from service.metrics import Metrics
 from service.model import ServedModel
 from service.preprocess import BoundPreprocess, attach, bind, parse_preprocessing
@@ -234,15 +235,6 @@ def load_model(
     )
     model_metrics = metrics.for_model(name, str(version)) if metrics is not None else None
     scheduler = make_scheduler(config, runners, model_metrics)
-    if model_metrics is not None:
-        if isinstance(scheduler, DynamicBatcher):
-            batcher = scheduler
-            model_metrics.track_queue(
-                lambda: batcher.queued_rows,
-                lambda: batcher.busy_instances,
-                batcher.policy.max_queue_size,
-            )
-        model_metrics.loaded(time.monotonic() - started)
     return ServedModel(
         config=config,
         version=version,
@@ -251,6 +243,7 @@ def load_model(
         labels=read_labels(model_dir),
         preprocess=pre,
         metrics=model_metrics,
+        load_seconds=time.monotonic() - started,
     )
 
 
@@ -347,7 +340,7 @@ class ModelRepository:
                     self.metrics,
                     self._ort_spinning,
                 )
-                await fresh.start()
+                await self._start(fresh)
             except CnnserveError as exc:
                 entry.failures[version] = (exc.message, stamp)
                 if served is None:
@@ -360,10 +353,40 @@ class ModelRepository:
                 ) from exc
             entry.served, entry.stamp, entry.reason = fresh, stamp, ""
             entry.failures.pop(version, None)
+            if fresh.metrics is not None:
+                fresh.metrics.activate(fresh.scheduler, fresh.load_seconds)
+            fresh.scheduler.add_failure_listener(
+                lambda reason: self._scheduler_failed(name, version, reason)
+            )
             log.info("model %s version %d serving", name, version)
             await self._notify(name, True)
             if served is not None:
-                self._retire_later(served, keep_ready=served.version == version)
+                self._retire_later(served, out_of_service=False)
+
+    @staticmethod
+    async def _start(fresh: ServedModel) -> None:
+        """Start a loaded version; one that cannot start releases what it holds."""
+        try:
+            await fresh.start()
+        except BaseException:
+            await fresh.aclose()
+            if fresh.metrics is not None:
+                fresh.metrics.release()
+            raise
+
+    def _scheduler_failed(self, name: str, version: int, reason: str) -> None:
+        """The serving version's scheduler died (it has failed its queued requests and
+        refuses new ones): take it out of service with the reason, as a failed load would.
+        Poll mode retries it only once its files change; explicit mode on the next load."""
+        entry = self._entries.get(name)
+        served = None if entry is None else entry.served
+        if entry is None or served is None or served.version != version:
+            return
+        entry.served, entry.reason = None, reason
+        entry.failures[version] = (reason, entry.stamp)
+        entry.stamp = ()
+        self._track(self._notify(name, False))
+        self._retire_later(served, out_of_service=True)
 
     async def unload(self, name: str, reason: str = "unloaded") -> None:
         """Stop serving `name`: new requests get UNAVAILABLE; accepted ones finish first."""
@@ -374,7 +397,7 @@ class ModelRepository:
             entry.reason = reason
             await self._notify(name, False)
             if served is not None:
-                await self._retire(served)
+                await self._retire(served, out_of_service=True)
         log.info("model %s unloaded", name)
 
     async def poll_once(self) -> None:
@@ -419,15 +442,26 @@ class ModelRepository:
         if self._on_change is not None:
             await self._on_change(name, ready)
 
-    def _retire_later(self, served: ServedModel, *, keep_ready: bool) -> None:
-        task = asyncio.create_task(self._retire(served, keep_ready=keep_ready))
+    def _track(self, work: Awaitable[None]) -> None:
+        """Background work owned by the repository (awaited by `aclose`)."""
+        task = asyncio.ensure_future(work)
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
 
-    async def _retire(self, served: ServedModel, *, keep_ready: bool = False) -> None:
-        if self.metrics is not None and not keep_ready:
-            self.metrics.model_ready.labels(served.name, str(served.version)).set(0)
-        await served.retire()
+    def _retire_later(self, served: ServedModel, *, out_of_service: bool) -> None:
+        self._track(self._retire(served, out_of_service=out_of_service))
+
+    async def _retire(self, served: ServedModel, *, out_of_service: bool) -> None:
+        """Close a version once its last request is done, and release everything it held:
+        sessions, threads, metric series (DESIGN.md rule 10). `out_of_service`: no version
+        replaces it (unload, failure), so its ready gauge stays, reading 0."""
+        metrics = served.metrics
+        if metrics is not None:
+            metrics.not_ready()
+        await served.retire()  # closes its sessions (their memory is freed) and threads
+        await asyncio.to_thread(release_free_heap)
+        if metrics is not None:  # last: its series leaving /metrics says retirement is done
+            metrics.release(keep_ready_zero=out_of_service)
 
     def entries(self) -> list[ModelEntry]:
         return list(self._entries.values())
@@ -485,9 +519,13 @@ class ModelRepository:
             return False
         return True
 
-    async def aclose(self) -> None:
-        if self._retiring:
+    async def wait_retired(self) -> None:
+        """Until every version taken out of service has been closed and released."""
+        while self._retiring:
             await asyncio.gather(*self._retiring)
+
+    async def aclose(self) -> None:
+        await self.wait_retired()
         for entry in self._entries.values():
             if entry.served is not None:
                 await entry.served.aclose()

@@ -119,6 +119,11 @@ class OnnxRunner:
         self.io_binding = self.provider == CUDA if io_binding is None else io_binding
         self._output_device = ("cuda", request.index) if self.provider == CUDA else ("cpu", 0)
 
+    def close(self) -> None:
+        """Release the session (weights, arenas, device memory) now, not whenever the last
+        reference to this runner goes. A run after close fails with InternalError."""
+        self.session = None
+
     @property
     def provider(self) -> str:
         """The execution provider actually running the graph (read back from the session)."""

@@ -8,7 +8,7 @@ onnxruntime.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -27,6 +27,25 @@ class Runner(Protocol):
 
 class Scheduler(Protocol):
     async def start(self) -> None: ...
+
+    # Queue statistics, read by the metrics at scrape time.
+    @property
+    def queued_rows(self) -> int: ...
+
+    @property
+    def busy_instances(self) -> int: ...
+
+    @property
+    def queue_capacity(self) -> int: ...
+
+    @property
+    def failure(self) -> str | None:
+        """Why the scheduler can no longer serve (it refuses every request), or None."""
+        ...
+
+    def add_failure_listener(self, listener: Callable[[str], None]) -> None:
+        """Call `listener(reason)` on the event loop when the scheduler stops serving."""
+        ...
 
     def check_admission(self, batch_size: int, deadline: float | None) -> None:
         """Raise the error `submit` would raise for lack of room, without queueing."""

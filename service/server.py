@@ -92,6 +92,13 @@ class CnnserveServer:
 
     async def start(self) -> None:
         await self.repository.load_all()
+        try:
+            await self._start_serving()
+        except BaseException:
+            await self.repository.aclose()  # what start acquired, a failed start releases
+            raise
+
+    async def _start_serving(self) -> None:
         settings = self.settings
         limit = settings.max_message_bytes
         server = grpc.aio.server(

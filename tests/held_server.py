@@ -1,7 +1,7 @@
 """`python -m tests.held_server REPOSITORY`: the real `cnnserve serve` path (signals, drain,
 exit) with every model's runs held until a line arrives on stdin.
 
-Prints "held" when the first batch reaches a runner, so a test knows a request has been
+Prints "held <rows>" when the first batch reaches a runner, so a test knows a request has been
 accepted and is in progress when it sends SIGTERM, without timing anything.
 """
 
@@ -31,7 +31,7 @@ def main() -> None:
 
     def announce_first_run(gate: GatedRunner) -> None:
         gate.entered.wait()
-        print("held", flush=True)
+        print(f"held {gate.rows_seen[0]}", flush=True)  # and the rows of that batch
 
     held = gated_scheduler(gates)
 
@@ -44,7 +44,7 @@ def main() -> None:
 
     threading.Thread(target=release_on_stdin, daemon=True).start()
     settings = ServerSettings(
-        model_repository=Path(sys.argv[1]), port=0, metrics_port=None, grace_period_s=60
+        model_repository=Path(sys.argv[1]), port=0, metrics_port=0, grace_period_s=60
     )
     asyncio.run(_serve(settings, make))
 

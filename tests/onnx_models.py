@@ -92,3 +92,20 @@ def affine(dims: Sequence[Dim], opset: int = 17) -> onnx.ModelProto:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 8
     return model
+
+
+def wide(inputs: int, outputs: int, seed: int) -> onnx.ModelProto:
+    """y = x @ W with a random W [inputs, outputs] (4 * inputs * outputs bytes of weights),
+    fixed batch 1: a stand-in for a large third-party model whose memory must come back."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    weights = np.random.default_rng(seed).standard_normal((inputs, outputs), np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["y"])],
+        "wide",
+        [_value_info("x", TensorProto.FLOAT, [1, inputs])],
+        [_value_info("y", TensorProto.FLOAT, [1, outputs])],
+        [numpy_helper.from_array(weights, "W")],
+    )
+    return _model(graph)

@@ -15,7 +15,7 @@ from PIL import Image
 
 from export.data import digits_split
 from tests.digits import served_session
-from tests.serving import EXAMPLE_MODELS, REPO_ROOT, spawn_server
+from tests.serving import EXAMPLE_MODELS, REPO_ROOT, free_port, spawn_server
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +69,63 @@ def test_infer_command_prints_top_k(
         top = line.split(": ", 1)[1].split(", ")
         assert len(top) == 2
         assert top[0].split()[0] == str(split.test_y[index]), line
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "service", *args], cwd=REPO_ROOT, capture_output=True, text=True
+    )
+
+
+NOWHERE = "127.0.0.1:{port}"  # a loopback port that nothing listens on
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["infer", "--model", "nosuch", "{png}"], 1, "NOT_FOUND: unknown model 'nosuch'"),
+        (["infer", "--model", "digits", "{garbage}"], 1, "INVALID_ARGUMENT: "),
+        (["infer", "--model", "digits", "--url", NOWHERE, "--timeout", "1", "{png}"], 1,
+         "cannot reach 127.0.0.1:"),
+        (["infer", "--model", "digits", "{missing}"], 2, "cannot read "),
+        (["infer", "--model", "digits", "--top-k", "0", "{png}"], 2, "--top-k must be"),
+        (["infer", "{png}"], 2, "the following arguments are required: --model"),
+        (["health", "--service", "nosuch"], 1, "NOT_FOUND"),
+        (["health", "--url", NOWHERE, "--timeout", "1"], 1, "cannot reach 127.0.0.1:"),
+        (["health", "--timeout", "soon"], 2, "invalid float value"),
+    ],
+)  # fmt: skip
+def test_client_errors_are_one_line_with_an_exit_code(
+    served_process: tuple[subprocess.Popen[str], str],
+    tmp_path: Path,
+    args: list[str],
+    code: int,
+    message: str,
+) -> None:
+    _, address = served_process
+    png = tmp_path / "digit.png"
+    Image.fromarray(digits_split().test_x[0, :, :, 0]).save(png)
+    garbage = tmp_path / "garbage.png"
+    garbage.write_bytes(b"not an image at all")
+    files = {"png": png, "garbage": garbage, "missing": tmp_path / "missing.png"}
+    command = [arg.format(port=free_port(), **files) for arg in args]
+    if "--url" not in command:
+        command[1:1] = ["--url", address]
+    result = cli(*command)
+    assert result.returncode == code, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    if code == 1:
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_health_of_a_serving_server_exits_0(
+    served_process: tuple[subprocess.Popen[str], str],
+) -> None:
+    _, address = served_process
+    result = cli("health", "--url", address, "--service", "digits")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"digits at {address}: SERVING"
 
 
 def test_sigterm_stops_cleanly(served_process: tuple[subprocess.Popen[str], str]) -> None:

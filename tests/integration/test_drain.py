@@ -11,11 +11,14 @@ import signal
 import subprocess
 import sys
 import threading
+import time
+import urllib.request
 from collections.abc import Iterator
 
 import grpc
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from service.client import health_check
 from service.v2 import grpc_service_pb2 as pb
@@ -38,21 +41,23 @@ def request(seed: int) -> pb.ModelInferRequest:
 
 
 @pytest.fixture()
-def held_server() -> Iterator[tuple[subprocess.Popen[str], str]]:
+def held_server() -> Iterator[tuple[subprocess.Popen[str], str, str]]:
     process = subprocess.Popen(
         [sys.executable, "-m", "tests.held_server", str(EXAMPLE_MODELS)],
         cwd=REPO_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL, text=True,
     )  # fmt: skip
     assert process.stdout is not None
-    address = ""
+    address = metrics = ""
     for line in process.stdout:
         if line.startswith("cnnserve listening on "):
             address = line.split()[-1]
+        elif line.strip().startswith("metrics on "):
+            metrics = line.split()[-1]
             break
-    assert address, f"the server exited ({process.wait()}) before listening"
+    assert address and metrics, f"the server exited ({process.wait()}) before listening"
     try:
-        yield process, address
+        yield process, address, metrics
     finally:
         if process.poll() is None:
             process.kill()
@@ -76,12 +81,12 @@ def start_held_requests(address: str) -> tuple[list[object], list[threading.Thre
     return answers, threads
 
 
-def wait_for_line(process: subprocess.Popen[str], expected: str) -> None:
+def wait_for_line(process: subprocess.Popen[str], prefix: str) -> str:
     assert process.stdout is not None
     for line in process.stdout:  # blocks until the server prints it
-        if line.strip() == expected:
-            return
-    raise AssertionError(f"the server exited before printing {expected!r}")
+        if line.startswith(prefix):
+            return line.strip()
+    raise AssertionError(f"the server exited before printing {prefix!r}")
 
 
 def until_not_serving(address: str) -> None:
@@ -93,6 +98,23 @@ def until_not_serving(address: str) -> None:
     raise AssertionError("health never reported NOT_SERVING after SIGTERM")
 
 
+def until_queued(metrics_url: str, rows: int) -> None:
+    """Until the batcher holds `rows` rows in its queue, read from /metrics (real scrapes,
+    bounded)."""
+    depth = -1.0
+    for _ in range(2000):
+        with urllib.request.urlopen(metrics_url, timeout=10) as answer:
+            text = answer.read().decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "cnnserve_queue_depth" and sample.labels["model"] == "digits":
+                    depth = sample.value
+        if depth == rows:
+            return
+        time.sleep(0.005)  # poll interval
+    raise AssertionError(f"the queue never held {rows} rows (last read {depth})")
+
+
 def late_request_code(address: str) -> tuple[grpc.StatusCode, str]:
     with grpc.insecure_channel(address) as channel, pytest.raises(grpc.RpcError) as refused:
         pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request(99), timeout=30)
@@ -100,13 +122,12 @@ def late_request_code(address: str) -> tuple[grpc.StatusCode, str]:
 
 
 def test_sigterm_drains_accepted_requests_and_refuses_later_ones(
-    held_server: tuple[subprocess.Popen[str], str],
+    held_server: tuple[subprocess.Popen[str], str, str],
 ) -> None:
-    process, address = held_server
+    process, address, metrics = held_server
     answers, threads = start_held_requests(address)
-    wait_for_line(process, "held")  # a batch is inside the runner
-    # The other requests were sent before the signal: each is accepted (queued) or, if it
-    # lost the race with the signal, refused with UNAVAILABLE. Nothing else is allowed.
+    held_rows = int(wait_for_line(process, "held ").split()[1])  # a batch is in the runner...
+    until_queued(metrics, HELD - held_rows)  # ... and every other request waits in the queue
     process.send_signal(signal.SIGTERM)
     until_not_serving(address)
     code, details = late_request_code(address)
@@ -120,22 +141,19 @@ def test_sigterm_drains_accepted_requests_and_refuses_later_ones(
     assert process.wait(timeout=60) == 0
 
     reference = served_session()
-    completed = 0
-    for i, answer in enumerate(answers):
-        if answer == grpc.StatusCode.UNAVAILABLE:
-            continue
+    for i, answer in enumerate(answers):  # the held one and every queued one completed
         assert isinstance(answer, pb.ModelInferResponse), f"request {i}: {answer}"
         got = np.frombuffer(answer.raw_output_contents[0], dtype=np.float32)
         (want,) = reference.run(["probabilities"], {"image": pixels(i)})
         np.testing.assert_array_equal(got, np.asarray(want).reshape(-1))
-        completed += 1
-    assert completed >= 1  # at least the held batch was accepted and completed
 
 
-def test_a_second_signal_exits_at_once(held_server: tuple[subprocess.Popen[str], str]) -> None:
-    process, address = held_server
+def test_a_second_signal_exits_at_once(
+    held_server: tuple[subprocess.Popen[str], str, str],
+) -> None:
+    process, address, _ = held_server
     _, threads = start_held_requests(address)
-    wait_for_line(process, "held")
+    wait_for_line(process, "held ")
     process.send_signal(signal.SIGTERM)
     until_not_serving(address)
     process.send_signal(signal.SIGINT)  # the held batch would block a drain for 60 s

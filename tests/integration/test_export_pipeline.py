@@ -11,10 +11,17 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
+import yaml
 from PIL import Image, ImageDraw
 
+from export.data import digits_split
+from export.onnx_export import to_fp16
 from service.client import classify_files
+from tests.digits import MODEL_FILE
+from tests.preprocessing_oracle import expected_model_input
 from tests.serving import EXAMPLE_MODELS, REPO_ROOT, running_server
 
 SHAPES = ("circle", "square", "triangle")
@@ -167,3 +174,24 @@ def test_int8_digits_stays_within_half_a_point_of_fp32(tmp_path: Path) -> None:
     assert report["fp32_accuracy"] >= 0.985
     assert report["int8_accuracy"] >= report["fp32_accuracy"] - 0.005
     assert (tmp_path / "digits_int8" / "model_card.md").is_file()
+
+
+def test_the_fp16_copy_of_digits_agrees_with_fp32(tmp_path: Path) -> None:
+    """The fp16 file `export onnx --fp16` writes, loaded and run beside the fp32 one on the
+    digits test split (onnxruntime's CPU EP runs it too, through its fp16 kernels)."""
+    half = tmp_path / "digits_fp16.onnx"
+    to_fp16(MODEL_FILE, half)
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in onnx.load(half).graph.initializer)
+    full_session = ort.InferenceSession(str(MODEL_FILE), providers=["CPUExecutionProvider"])
+    half_session = ort.InferenceSession(str(half), providers=["CPUExecutionProvider"])
+    name = full_session.get_inputs()[0].name
+    pre = yaml.safe_load((MODEL_FILE.parent.parent / "config.yaml").read_text())["preprocessing"]
+    x = expected_model_input(
+        digits_split().test_x, mode=pre["mode"], mean=pre["mean"], std=pre["std"]
+    ).astype(np.float32)
+    full = full_session.run(None, {name: x})[0]
+    half_out = half_session.run(None, {name: x})[0]
+    assert half_out.dtype == np.float32  # inputs and outputs stay fp32
+    assert float(np.abs(full - half_out).max()) < 1e-2  # probabilities
+    agreement = float((full.argmax(axis=1) == half_out.argmax(axis=1)).mean())
+    assert agreement >= 0.99, agreement

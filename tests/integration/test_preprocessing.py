@@ -22,11 +22,12 @@ from tritonclient.utils import InferenceServerException
 
 from export.data import digits_split
 from service.config import TensorSpec
-from service.preprocess import bind, parse_preprocessing, reference
+from service.preprocess import bind, parse_preprocessing
 from service.v2 import grpc_service_pb2 as pb
 from service.v2 import grpc_service_pb2_grpc as pb_grpc
 from tests.digits import served_session
 from tests.onnx_models import affine, save
+from tests.preprocessing_oracle import expected_model_input
 from tests.serving import ServerThread, running_server
 
 
@@ -173,7 +174,10 @@ def test_every_mode_statistics_and_layout(
     pixels = np.random.default_rng(5).integers(0, 256, (4, *pre.client_dims), dtype=np.uint8)
     served = output(client.infer(name, [pixels_input("x", pixels)]), "y")
     bare = ort.InferenceSession(affine(["N", 3, 6, 5]).SerializeToString())
-    expected = bare.run(["y"], {"x": reference(pre, pixels)})[0]
+    oracle = expected_model_input(
+        pixels, mode=mode, statistics=statistics, layout=layout, mean=MEAN, std=STD
+    )
+    expected = bare.run(["y"], {"x": oracle.astype(np.float32)})[0]
     assert float(np.abs(served - expected).max()) <= 1e-5
 
 

@@ -8,6 +8,7 @@ import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -15,6 +16,8 @@ import pytest
 import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
+from service import repository as repository_module
+from service.model import ServedModel
 from service.repository import ControlMode
 from service.v2 import grpc_service_pb2 as pb
 from service.v2 import grpc_service_pb2_grpc as pb_grpc
@@ -202,8 +205,16 @@ def test_model_control_is_off_by_default(repository: Path) -> None:
 
 
 def test_poll_mode_loads_new_versions_and_skips_a_failed_one_until_it_changes(
-    repository: Path,
+    repository: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    attempts: list[tuple[str, int]] = []
+    real_load_model = repository_module.load_model
+
+    def counting_load_model(model_dir: Path, version: int, *args: Any) -> ServedModel:
+        attempts.append((model_dir.name, version))
+        return real_load_model(model_dir, version, *args)
+
+    monkeypatch.setattr(repository_module, "load_model", counting_load_model)
     with running_server(
         repository, model_control_mode=ControlMode.POLL.value, poll_interval_s=0.01
     ) as server:
@@ -219,6 +230,16 @@ def test_poll_mode_loads_new_versions_and_skips_a_failed_one_until_it_changes(
         assert infer(client)[0] == "2"
         failed = [row for row in repo.index() if row.version == "3"]
         assert failed and failed[0].state == "UNAVAILABLE"
+        tried = len(attempts)
+        assert attempts[-1] == ("digits", 3)
+        server.call(repo.poll_once())
+        server.call(repo.poll_once())
+        assert len(attempts) == tried  # unchanged files: not retried
+
+        shutil.copytree(repository / "digits" / "1", repository / "other" / "1")
+        server.call(repo.poll_once())  # a new model folder appears: it is loaded
+        assert client.is_model_ready("other")
+        assert attempts[-1] == ("other", 1)
 
         good = (repository / "digits" / "1" / "model.onnx").read_bytes()
         (repository / "digits" / "3" / "model.onnx").write_bytes(good)  # fixed in place

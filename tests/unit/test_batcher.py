@@ -343,3 +343,68 @@ async def test_observer_sees_batch_sizes_and_queue_waits(
     assert [r.requests for r in recorder.records] == [1, 4]
     assert all(wait >= 0 for r in recorder.records for wait in r.queue_waits_s)
     assert not any(r.failed for r in recorder.records)
+
+
+async def test_a_dead_dispatcher_fails_the_waiting_requests_and_refuses_new_ones(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    runner = FakeRunner(gated=True)
+    batcher = await make([runner])
+    failures: list[str] = []
+    batcher.add_failure_listener(failures.append)
+    running = asyncio.create_task(submit(batcher, rows(1)))
+    await runner.started.wait()
+    waiting = [asyncio.create_task(submit(batcher, rows(1, start=i))) for i in range(3)]
+    await until(lambda: batcher.queued_requests == 3)
+
+    def broken(now: float) -> list[object]:
+        raise RuntimeError("dispatcher bug")
+
+    batcher._form_batch = broken  # type: ignore[assignment,method-assign]
+    runner.release()  # the dispatcher wakes to form the next batch, and dies
+    await running  # a batch already in onnxruntime still completes
+    outcomes = await asyncio.gather(*waiting, return_exceptions=True)
+    for outcome in outcomes:  # none waits forever: no deadline was set
+        assert isinstance(outcome, InternalError)
+        assert "dispatcher bug" in outcome.message
+    assert batcher.failure is not None and "dispatcher bug" in batcher.failure
+    assert failures == [batcher.failure]
+    with pytest.raises(Unavailable, match="not ready"):
+        await submit(batcher, rows(1))
+    logged = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(logged) == 1 and logged[0].exc_info is not None  # once, with the traceback
+    assert batcher.queued_rows == 0
+    await batcher.aclose()  # closing a failed batcher does not raise
+
+
+class OddError(InternalError):
+    """An error whose constructor is not (message): rebuilding it would fail."""
+
+    def __init__(self, device: str, detail: str) -> None:
+        super().__init__(f"{device}: {detail}")
+
+
+class OddRunner(FakeRunner):
+    def run(
+        self, feeds: Mapping[str, npt.NDArray[np.generic]], output_names: Sequence[str]
+    ) -> list[npt.NDArray[np.generic]]:
+        super().run(feeds, output_names)
+        raise OddError("cuda:0", "device lost")
+
+
+async def test_a_failed_part_of_a_split_request_withdraws_the_rest() -> None:
+    runner = OddRunner(gated=True)
+    batcher = await make([runner], max_batch_size=4)
+    big = asyncio.create_task(submit(batcher, rows(10)))  # 4 + 4 + 2 rows
+    neighbour = asyncio.create_task(submit(batcher, rows(1, start=100)))
+    await runner.started.wait()
+    await until(lambda: batcher.queued_rows == 7)
+    runner.release()
+    outcomes = await asyncio.gather(big, neighbour, return_exceptions=True)
+    assert isinstance(outcomes[0], OddError) and outcomes[0].message == "cuda:0: device lost"
+    # The first part (4 rows) failed; the big request's other 6 rows never ran, only the
+    # neighbour's row did (and failed on its own: this runner always fails).
+    assert runner.sizes == [4, 1]
+    assert (runner.batches[1] >= 100).all()
+    assert batcher.queued_rows == 0
+    await batcher.aclose()

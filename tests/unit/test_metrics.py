@@ -26,9 +26,7 @@ async def start(
     model_metrics = Metrics(registry, process=False).for_model("m", "1")
     policy = BatchPolicy(max_batch_size=8, max_queue_size=max_queue_size)
     batcher = DynamicBatcher([runner], policy, observer=model_metrics)
-    model_metrics.track_queue(
-        lambda: batcher.queued_rows, lambda: batcher.busy_instances, max_queue_size
-    )
+    model_metrics.activate(batcher, load_seconds=0.5)
     await batcher.start()
     return batcher
 

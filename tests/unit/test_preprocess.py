@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 from typing import Any
 
 import numpy as np
@@ -12,8 +13,10 @@ import pytest
 
 from service.config import TensorSpec
 from service.errors import ConfigError
-from service.preprocess import attach, bind, parse_preprocessing, reference
+from service.preprocess import attach, bind, parse_preprocessing
 from tests.onnx_models import affine
+from tests.preprocessing_oracle import expected_model_input
+from tests.serving import REPO_ROOT
 
 
 def affine_model(layout: str, channels: int = 3, opset: int = 17) -> onnx.ModelProto:
@@ -44,11 +47,11 @@ CASES = [
 def test_graph_matches_numpy_reference(
     mode: str, statistics: str, per_image: str, layout: str, model_layout: str, opset: int
 ) -> None:
-    spec = parse_preprocessing(
-        "m",
-        {"mode": mode, "mean": [0.4, 0.5, 0.6], "std": [0.2, 0.25, 0.3],
-         "statistics": statistics, "per_image": per_image, "layout": layout},
-    )  # fmt: skip
+    document: dict[str, Any] = {
+        "mode": mode, "mean": [0.4, 0.5, 0.6], "std": [0.2, 0.25, 0.3],
+        "statistics": statistics, "per_image": per_image, "layout": layout,
+    }  # fmt: skip
+    spec = parse_preprocessing("m", document)
     pre = bind("m", spec, (model_input(model_layout),), batched=True)
     session = ort.InferenceSession(
         attach(affine_model(model_layout, opset=opset), pre).SerializeToString(),
@@ -58,12 +61,41 @@ def test_graph_matches_numpy_reference(
     pixels = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
     pixels[1] = 7  # a flat image: per-image std is 0 and must be floored, not divide by 0
     served = session.run(["y"], {"x": pixels})[0]
-    expected = 2 * reference(pre, pixels) + 1
+    expected = 2 * expected_model_input(pixels, model_layout=model_layout, **document) + 1
     assert np.isfinite(served).all()
     np.testing.assert_allclose(served, expected, rtol=0, atol=1e-5)
     if statistics == "per_image" and mode in ("center", "standardize"):
         # The flat image is centred to exactly zero input (y = 2 * 0 + 1), noise-free.
         np.testing.assert_allclose(served[1], 1.0, rtol=0, atol=1e-5)
+
+
+def readme_worked_example() -> dict[str, float]:
+    """The README's table "pixel 200, scale 1/255, mean 0.485, std 0.229": mode -> value."""
+    rows = re.findall(
+        r"^\| (none|normalize|center|standardize) \| [^|]+ \| (-?[\d.]+) \|$",
+        (REPO_ROOT / "README.md").read_text(),
+        re.MULTILINE,
+    )
+    return {mode: float(value) for mode, value in rows}
+
+
+def test_the_readme_worked_example_holds_in_the_oracle_and_the_graph() -> None:
+    example = readme_worked_example()
+    assert set(example) == set(MODES)
+    pixels = np.full((1, 5, 4, 1), 200, np.uint8)
+    for mode, value in example.items():
+        document = {"mode": mode, "mean": 0.485, "std": 0.229, "color": "gray"}
+        oracle = expected_model_input(
+            pixels, mode=mode, mean=(0.485,), std=(0.229,), model_layout="NHWC"
+        )
+        pre = bind("m", parse_preprocessing("m", document), (model_input("NHWC", 1),), True)
+        session = ort.InferenceSession(
+            attach(affine_model("NHWC", channels=1), pre).SerializeToString(),
+            providers=["CPUExecutionProvider"],
+        )
+        served = (session.run(["y"], {"x": pixels})[0] - 1) / 2  # the model is y = 2x + 1
+        assert round(float(oracle.flat[0]), 4) == value, mode
+        assert round(float(served.flat[0]), 4) == value, mode
 
 
 def test_metadata_of_the_bound_input() -> None:
