@@ -1,5 +1,5 @@
 """`python -m bench.reliability overload|soak|drain|reload|memory|all`: the worst-minute
-benches.
+benches (`memory` is the second half of `reload` alone).
 
 Each runs real `cnnserve serve` processes on loopback ports, is bounded in time and request
 count, and prints one markdown row for bench/README.md ("Reliability") with its criterion
@@ -13,7 +13,7 @@ beside the figure; the command exits 1 when any criterion fails:
 - drain: SIGTERM in the middle of sustained load; every request must come back OK (accepted,
   completed) or UNAVAILABLE (refused, never ran); the process exits 0.
 - reload: explicit model control; a new digits version every 2 s under load; failures.
-- memory: explicit model control; a 20 MiB model (fixed batch 1, like a third-party
+- reload, second row (or `memory` alone): explicit model control; a 20 MiB model (fixed batch 1, like a third-party
   detector) reloaded 10 times with new weights, one inference after each, then unloaded;
   server RSS after each step.
 """
@@ -430,26 +430,31 @@ def memory(repository: Path) -> list[Outcome]:
     ]
 
 
+def reload_and_memory(repository: Path) -> list[Outcome]:
+    return reload(repository) + memory(repository)
+
+
 BENCHES: dict[str, Callable[[Path], list[Outcome]]] = {
     "overload": overload,
     "soak": soak,
     "drain": drain,
-    "reload": reload,
-    "memory": memory,
+    "reload": reload_and_memory,  # under load, then RSS per reload of a 20 MiB model
 }
+PARTS: dict[str, Callable[[Path], list[Outcome]]] = {"memory": memory}  # one part alone
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("bench", choices=[*BENCHES, "all"])
+    parser.add_argument("bench", choices=[*BENCHES, *PARTS, "all"])
     args = parser.parse_args()
+    benches = {**BENCHES, **PARTS}
     chosen = list(BENCHES) if args.bench == "all" else [args.bench]
     print("| bench | load | result | criterion | verdict |\n|---|---|---|---|---|")
     failed: list[str] = []
     for name in chosen:
         repository = OUT / f"reliability-{name}"
         build_repository(repository)
-        for outcome in BENCHES[name](repository):
+        for outcome in benches[name](repository):
             print(outcome.row(), flush=True)
             if not outcome.passed:
                 failed.append(outcome.bench)

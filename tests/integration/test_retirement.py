@@ -8,6 +8,7 @@ and /metrics holds no series of a retired version."""
 from __future__ import annotations
 
 import gc
+import io
 import shutil
 import threading
 import urllib.request
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
+from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
@@ -191,4 +193,24 @@ def test_a_dead_batcher_fails_its_queue_and_takes_the_version_out_of_service(
         client.load_model("digits")  # an explicit load brings a fresh version back
         assert client.is_model_ready("digits")
         assert client.infer("digits", [image]).as_numpy("probabilities") is not None
+        client.close()
+
+
+def test_a_reload_stops_the_old_versions_decode_threads(tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    shutil.copytree(EXAMPLE_MODELS / "digits", root / "digits")
+    png = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(png, format="PNG")
+    with running_server(root, model_control_mode=ControlMode.EXPLICIT.value) as server:
+        client = triton.InferenceServerClient(server.address)
+        image = triton.InferInput("image", [1], "BYTES")
+        image.set_data_from_numpy(np.array([png.getvalue()], dtype=np.object_))
+        client.infer("digits", [image])  # an encoded image: decoded in the version's threads
+        decoders = [t for t in threading.enumerate() if t.name.startswith("decode-digits")]
+        assert decoders
+        shutil.copytree(root / "digits" / "1", root / "digits" / "2")
+        client.load_model("digits")
+        assert client.infer("digits", [image]).get_response().model_version == "2"
+        server.call(server.server.repository.wait_retired())
+        assert not any(thread.is_alive() for thread in decoders)
         client.close()
