@@ -31,11 +31,13 @@ system-deps:
 test: $(VENV)/.dev system-deps
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(VENV)/bin/lint-imports
 	$(PY) -m mypy
 	$(PY) -m pytest -q
 
+# ruff, and the layer contracts of pyproject.toml [tool.importlinter] (import-linter).
 lint: $(VENV)/.dev
-	$(PY) -m ruff check . && $(PY) -m ruff format --check .
+	$(PY) -m ruff check . && $(PY) -m ruff format --check . && $(VENV)/bin/lint-imports
 
 typecheck: $(VENV)/.dev
 	$(PY) -m mypy

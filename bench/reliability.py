@@ -13,9 +13,9 @@ beside the figure; the command exits 1 when any criterion fails:
 - drain: SIGTERM in the middle of sustained load; every request must come back OK (accepted,
   completed) or UNAVAILABLE (refused, never ran); the process exits 0.
 - reload: explicit model control; a new digits version every 2 s under load; failures.
-- reload, second row (or `memory` alone): explicit model control; a 20 MiB model (fixed batch 1, like a third-party
-  detector) reloaded 10 times with new weights, one inference after each, then unloaded;
-  server RSS after each step.
+- reload, second row (or `memory` alone): explicit model control; a 20 MiB model (fixed
+  batch 1, like a third-party detector) reloaded 10 times with new weights, one inference
+  after each, then unloaded; server RSS after each step.
 """
 
 from __future__ import annotations

@@ -16,23 +16,23 @@ quantize  INT8 copy of a trained entry, calibrated on its training split, compar
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import torch
 import yaml
 
-from export.architectures import Cnn, SpecError
+from export.architectures import Cnn, SpecError, describe
 from export.augment import Augmentation
+from export.card import DataSource, read_card, write_card
 from export.data import DatasetError, class_counts
 from export.onnx_export import ExportError, check_parity, export_onnx, load_module, to_fp16
 from export.pipeline import (
     Prepared,
+    Trained,
     balanced_class_weights,
     base_spec,
     build_model,
@@ -40,7 +40,6 @@ from export.pipeline import (
     finish,
     prepare,
 )
-from export.report import write_card
 from export.train import TrainConfig, train
 from export.tune import SearchError
 
@@ -53,7 +52,7 @@ def _require_folder(out: Path) -> None:
         )
 
 
-def _data_record(args: argparse.Namespace) -> dict[str, Any]:
+def _data_record(args: argparse.Namespace) -> DataSource:
     if args.data is None:
         return {"kind": "digits", "seed": args.seed}
     return {"kind": "folder", "path": str(args.data.resolve()), "size": args.image_size,
@@ -90,8 +89,9 @@ def _train(args: argparse.Namespace) -> int:
             model.freeze_features()
         print(f"fine-tuning from {args.finetune}: {len(matching)} tensors loaded, backbone frozen")
     result = train(model, prepared.split, config)
-    finish(args.out, args.name, prepared, model, architecture, config, result,
-           max_batch_size=args.max_batch_size, plots=args.plots)  # fmt: skip
+    trained = Trained(model, architecture, config, result)
+    finish(args.out, args.name, prepared, trained, max_batch_size=args.max_batch_size,
+           plots=args.plots)  # fmt: skip
     return 0
 
 
@@ -131,9 +131,9 @@ def _tune(args: argparse.Namespace) -> int:
     # The search's table and plot go next to the model, into the one card write.
     (args.out / args.name).mkdir(exist_ok=True)
     files = write_trials(found, args.out / args.name)
-    finish(args.out, args.name, prepared, model, str(chosen), config, result,
-           max_batch_size=args.max_batch_size, plots=args.plots,
-           extra={"search": search_record}, more_plots=files[1:])  # fmt: skip
+    trained = Trained(model, describe(chosen), config, result)
+    finish(args.out, args.name, prepared, trained, max_batch_size=args.max_batch_size,
+           plots=args.plots, search=search_record, more_plots=files[1:])  # fmt: skip
     return 0
 
 
@@ -150,7 +150,7 @@ def _ablate(args: argparse.Namespace) -> int:
     entry = args.out / args.name
     card_path = entry / "model_card.json"
     if card_path.is_file():  # add it to the card of the entry this configuration made
-        card = json.loads(card_path.read_text())
+        card = read_card(entry)
         card["ablation"] = [asdict(r) for r in rows]
         write_card(entry, card)
         print(f"added to {card_path}")
@@ -182,7 +182,7 @@ def _quantize(args: argparse.Namespace) -> int:
     card_path = entry / "model_card.json"
     if not card_path.is_file():
         raise FileNotFoundError(f"{card_path} not found: quantize needs an entry written by train")
-    card = json.loads(card_path.read_text())
+    card = read_card(entry)
     prepared = prepare(card["data"])
     test_x, test_y, _ = prepared.test.read()
     source = max((p for p in entry.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from export.card import LayerRow
+
 
 class SpecError(ValueError):
     """An architecture spec whose layer sizes do not work out."""
@@ -109,12 +111,67 @@ def layer_sizes(spec: CnnSpec) -> list[tuple[str, int, int, int]]:
     return sizes
 
 
+def describe(spec: CnnSpec) -> str:
+    """One line: "[conv 32, conv 32, pool 2] [conv 64, conv 64, pool 2] - FC 128 - FC 10"."""
+    blocks = " ".join(
+        "[" + ", ".join([f"conv {c.out_channels}" for c in b.convs]
+                        + ([f"pool {b.pool}"] if b.pool else [])) + "]"
+        for b in spec.blocks
+    )  # fmt: skip
+    fc = "".join(f" - FC {h}" for h in spec.hidden) + f" - FC {spec.classes}"
+    extras = ["batch norm"] if spec.batch_norm else []
+    extras += [f"dropout {spec.dropout}"] if spec.dropout else []
+    extras += [f"2-D dropout {spec.conv_dropout}"] if spec.conv_dropout else []
+    return f"CNN {blocks}{fc}" + (f" ({', '.join(extras)})" if extras else "")
+
+
+def architecture_table(spec: CnnSpec) -> list[LayerRow]:
+    """The layers as a reader checks them: output size from `layer_sizes` (the course's
+    formula) and parameter count (a conv's weights, its bias or its batch norm's scale and
+    shift; an FC's weights and bias). The total equals the built model's (tested)."""
+    rows: list[LayerRow] = [
+        {"layer": "input", "output": f"{spec.in_channels} x {spec.height} x {spec.width}",
+         "parameters": 0}
+    ]  # fmt: skip
+    sizes = iter(layer_sizes(spec))
+    channels = spec.in_channels
+    for block in spec.blocks:
+        for conv in block.convs:
+            where, out, height, width = next(sizes)
+            weights = channels * out * conv.kernel * conv.kernel
+            extra = 2 * out if spec.batch_norm else out  # BN scale and shift, or a bias
+            name = (
+                f"{where}: {conv.kernel}x{conv.kernel}, pad {conv.padding}, stride "
+                f"{conv.stride}"
+                + (f", dilation {conv.dilation}" if conv.dilation > 1 else "")
+                + (" + BN" if spec.batch_norm else "")
+                + " + ReLU"
+            )
+            rows.append({"layer": name, "output": f"{out} x {height} x {width}",
+                         "parameters": weights + extra})  # fmt: skip
+            channels = out
+        if block.pool:
+            where, out, height, width = next(sizes)
+            rows.append({"layer": where, "output": f"{out} x {height} x {width}", "parameters": 0})
+    _, out, height, width = layer_sizes(spec)[-1]
+    width_in = out * height * width
+    rows.append({"layer": "flatten", "output": str(width_in), "parameters": 0})
+    for hidden in spec.hidden:
+        rows.append({"layer": "FC + ReLU", "output": str(hidden),
+                     "parameters": width_in * hidden + hidden})  # fmt: skip
+        width_in = hidden
+    rows.append({"layer": "FC (logits)", "output": str(spec.classes),
+                 "parameters": width_in * spec.classes + spec.classes})  # fmt: skip
+    return rows
+
+
 class Cnn(nn.Module):
     """Logits in training; `WithSoftmax` adds the probabilities the served model returns."""
 
     def __init__(self, spec: CnnSpec) -> None:
         super().__init__()
         sizes = layer_sizes(spec)  # refuses an impossible spec before any weight exists
+        self.spec = spec
         layers: list[nn.Module] = []
         channels = spec.in_channels
         for block in spec.blocks:

@@ -25,9 +25,12 @@ from export.architectures import (
     ConvSpec,
     ResNet18,
     WithSoftmax,
+    architecture_table,
     convs,
+    describe,
 )
 from export.augment import DIGITS_AUGMENTATION, Augmentation
+from export.card import DataSource, ModelCard, write_card
 from export.data import (
     Normalization,
     Split,
@@ -39,8 +42,9 @@ from export.data import (
     normalized,
     stratified_split,
 )
-from export.onnx_export import check_parity, parity_dict, write_repository_entry
-from export.report import plot_confusion, plot_curves, plot_examples, write_card
+from export.onnx_export import Parity, check_parity, parity_dict, write_repository_entry
+from export.report import plot_confusion, plot_curves, plot_examples
+from export.train import Metrics as Evaluation
 from export.train import TrainConfig, TrainResult, evaluate, predict
 
 
@@ -62,7 +66,7 @@ class HeldOutTest:
 
 @dataclass
 class Prepared:
-    data: dict[str, Any]  # how to rebuild it (the model card's `data`)
+    data: DataSource  # how to rebuild it (the model card's `data`)
     description: str
     normalization: Normalization
     split: Split  # normalized; its test arrays are empty (see `test`)
@@ -76,7 +80,7 @@ class Prepared:
         return self.split.class_names
 
 
-def prepare(data: dict[str, Any]) -> Prepared:
+def prepare(data: DataSource) -> Prepared:
     seed = data.get("seed", 0)
     assignment = None
     if data["kind"] == "digits":
@@ -88,7 +92,8 @@ def prepare(data: dict[str, Any]) -> Prepared:
         )
         color = "gray"
     else:
-        folder = load_image_folder(Path(data["path"]), tuple(data["size"]), data["color"])
+        height, width = data["size"]
+        folder = load_image_folder(Path(data["path"]), (height, width), data["color"])
         names, color = folder.class_names, data["color"]
         if any(g is not None for g in folder.groups):
             split, assignment = grouped_split(
@@ -179,79 +184,144 @@ def build_model(
             len(prepared.class_names), in_channels=prepared.shape[2]
         ), "ResNet-18 (batch norm)"
     chosen = spec or base_spec(prepared)
-    return Cnn(chosen), str(chosen)
+    return Cnn(chosen), describe(chosen)
+
+
+@dataclass(frozen=True)
+class Trained:
+    """A trained model and how it was made: what `finish` exports and documents."""
+
+    model: torch.nn.Module
+    architecture: str  # one line; a Cnn also gets its layer table in the card
+    config: TrainConfig
+    result: TrainResult
+
+
+@dataclass(frozen=True)
+class Finished:
+    path: Path  # the exported model.onnx
+    card: ModelCard
 
 
 def finish(
     out: Path,
     name: str,
     prepared: Prepared,
-    model: torch.nn.Module,
-    architecture: str,
-    config: TrainConfig,
-    result: TrainResult,
+    trained: Trained,
     *,
     max_batch_size: int = 64,
     plots: bool = True,
-    extra: dict[str, Any] | None = None,
+    search: dict[str, Any] | None = None,
     more_plots: Sequence[str] = (),
-) -> dict[str, Any]:
+) -> Finished:
     """Read the test split (once), export, check parity, write the entry and its card."""
     test_x, test_y, test_pixels = prepared.test.read()
-    names = prepared.class_names
-    test = evaluate(model, test_x, test_y, names)
+    model, result = trained.model, trained.result
+    test = evaluate(model, test_x, test_y, prepared.class_names)
     print(
         f"trained {result.epochs_run} epochs (best {result.best_epoch}, val loss "
         f"{result.best_val_loss:.4f}); val accuracy {result.val_accuracy:.4f}; "
         f"test accuracy {test.accuracy:.4f}, macro F1 {test.macro_f1:.4f}"
     )
-    served = WithSoftmax(model).eval()
+    path, parity = _export_entry(out, name, prepared, model, max_batch_size, test_x)
+    images = (
+        _plot_test(out / name, prepared, trained, test, test_x, test_y, test_pixels)
+        if plots
+        else []
+    )
+    card = _card(name, prepared, trained, test, parity, [*images, *more_plots])
+    if search is not None:
+        card["search"] = search
+    write_card(out / name, card)
+    torch.save(model.state_dict(), out / name / "weights.pt")  # for fine-tuning (--finetune)
+    print(f"wrote {path}")
+    return Finished(path, card)
+
+
+def _entry_config(prepared: Prepared, max_batch_size: int) -> dict[str, Any]:
     preprocessing = prepared.normalization.config()
     if prepared.data["kind"] == "folder":
         preprocessing["resize"] = list(prepared.data["size"])
-    entry_config = {
+    return {
         "max_batch_size": max_batch_size,
         "dynamic_batching": {"max_queue_delay_us": 0, "max_queue_size": 1024},
         # The training split's statistics: the server applies exactly what training used.
         "preprocessing": preprocessing,
     }
+
+
+def _export_entry(
+    out: Path,
+    name: str,
+    prepared: Prepared,
+    model: torch.nn.Module,
+    max_batch_size: int,
+    test_x: npt.NDArray[np.float32],
+) -> tuple[Path, Parity]:
+    """The repository entry (softmax graph, labels, config) and its parity with torch."""
+    served = WithSoftmax(model).eval()
     example = torch.from_numpy(prepared.split.val_x[:2])
-    path = write_repository_entry(out, name, served, example, names, entry_config)
+    config = _entry_config(prepared, max_batch_size)
+    path = write_repository_entry(out, name, served, example, prepared.class_names, config)
     parity = check_parity(served, path, test_x)
     print(
         f"ONNX parity on {parity.samples} test images: max abs diff {parity.max_abs_diff:.3g}, "
         f"argmax agreement {parity.argmax_agreement:.4f}"
     )
-    entry = out / name
-    images: list[str] = []
-    if plots:
-        probabilities = torch.softmax(predict(model, test_x), dim=1).numpy()
-        plot_curves(result.history, result.best_epoch, entry / "curves.png")
-        plot_confusion(test, names, entry / "confusion.png")
-        plot_examples(
-            test_pixels, test_y, probabilities, names, entry / "examples.png", mistakes=False
-        )
-        plot_examples(
-            test_pixels, test_y, probabilities, names, entry / "mistakes.png", mistakes=True
-        )
-        images = ["curves.png", "confusion.png", "examples.png", "mistakes.png"]
-    train_record = asdict(result)
-    train_record.pop("history")
-    split = prepared.split
+    return path, parity
+
+
+def _plot_test(
+    entry: Path,
+    prepared: Prepared,
+    trained: Trained,
+    test: Evaluation,
+    test_x: npt.NDArray[np.float32],
+    test_y: npt.NDArray[np.int64],
+    test_pixels: npt.NDArray[np.uint8],
+) -> list[str]:
+    names = prepared.class_names
+    probabilities = torch.softmax(predict(trained.model, test_x), dim=1).numpy()
+    plot_curves(trained.result.history, trained.result.best_epoch, entry / "curves.png")
+    plot_confusion(test, names, entry / "confusion.png")
+    for kind in ("examples", "mistakes"):
+        plot_examples(test_pixels, test_y, probabilities, names, entry / f"{kind}.png",
+                      mistakes=kind == "mistakes")  # fmt: skip
+    return ["curves.png", "confusion.png", "examples.png", "mistakes.png"]
+
+
+def _card(
+    name: str,
+    prepared: Prepared,
+    trained: Trained,
+    test: Evaluation,
+    parity: Parity,
+    plots: list[str],
+) -> ModelCard:
+    split, names = prepared.split, prepared.class_names
     height, width, channels = prepared.shape
-    weak = [c for c, row in test.per_class.items() if row["f1"] < test.macro_f1 - 0.1]
-    card: dict[str, Any] = {
+    train_record = asdict(trained.result)
+    train_record.pop("history")
+    model = trained.model
+    layers = architecture_table(model.spec) if isinstance(model, Cnn) else []
+    return {
         "model": name,
         "data": prepared.data,
         "dataset": prepared.description,
         "input": f"UINT8 pixels [batch, {height}, {width}, {channels}] (NHWC, "
         f"{prepared.normalization.color}), or PNG/JPEG",
-        "architecture": architecture,
-        "preprocessing": preprocessing,
-        "training": asdict(config),
+        "architecture": trained.architecture,
+        "layers": layers,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "preprocessing": _entry_config(prepared, 0)["preprocessing"],
+        "training": asdict(trained.config),
         "train": train_record,
-        "history": asdict(result.history),
-        "split_sizes": {"train": len(split.train_y), "val": len(split.val_y), "test": len(test_y)},
+        "history": asdict(trained.result.history),
+        "split_sizes": {
+            "train": len(split.train_y),
+            "val": len(split.val_y),
+            "test": sum(prepared.test_class_counts.values()),
+        },
         "class_counts": {
             "train": class_counts(split.train_y, names),
             "val": class_counts(split.val_y, names),
@@ -259,12 +329,7 @@ def finish(
         },
         "groups": prepared.groups,
         "test": asdict(test),
-        "weak_classes": weak,
+        "weak_classes": [c for c, row in test.per_class.items() if row["f1"] < test.macro_f1 - 0.1],
         "parity": parity_dict(parity),
-        "plots": [*images, *more_plots],
-        **(extra or {}),
+        "plots": plots,
     }
-    write_card(entry, card)
-    torch.save(model.state_dict(), entry / "weights.pt")  # for fine-tuning (--finetune)
-    print(f"wrote {path}")
-    return card

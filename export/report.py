@@ -3,7 +3,6 @@ Markdown report that links them (written next to the model in the repository).""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -55,78 +54,6 @@ def plot_confusion(metrics: Metrics, class_names: tuple[str, ...], path: Path) -
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
-
-
-def write_card(entry: Path, card: dict[str, Any]) -> None:
-    """model_card.json (everything) and model_card.md (the summary a person reads)."""
-    (entry / "model_card.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
-    test = card.get("test", {})
-    lines = [
-        f"# {card.get('model', entry.name)}",
-        "",
-        f"- Data: {card.get('dataset', '')}",
-        f"- Input: {card.get('input', '')}",
-        f"- Architecture: {card.get('architecture', '')}",
-    ]
-    train = card.get("train", {})
-    if train:
-        lines.append(
-            f"- Training: {train.get('epochs_run')} epochs, best epoch {train.get('best_epoch')}"
-            f" (validation loss {train.get('best_val_loss', 0):.4f}), early stopped: "
-            f"{train.get('stopped_early')}"
-        )
-    if test:
-        lines += [
-            f"- Test accuracy {test['accuracy']:.4f}; macro precision "
-            f"{test['macro_precision']:.4f}, recall {test['macro_recall']:.4f}, F1 "
-            f"{test['macro_f1']:.4f}",
-            "",
-            "| class | precision | recall | F1 | support |",
-            "|---|---|---|---|---|",
-        ]
-        for name, row in test["per_class"].items():
-            lines.append(
-                f"| {name} | {row['precision']:.3f} | {row['recall']:.3f} | {row['f1']:.3f} | "
-                f"{row['support']} |"
-            )
-    parity = card.get("parity")
-    if parity:
-        lines += [
-            "",
-            f"ONNX parity on {parity['samples']} test images: max abs diff "
-            f"{parity['max_abs_diff']:.3g}, argmax agreement {parity['argmax_agreement']:.4f}.",
-        ]
-    counts = card.get("class_counts")
-    if counts:
-        names = list(counts["train"])
-        lines += ["", "Class distribution:", "", "| split | " + " | ".join(names) + " |",
-                  "|---|" + "---|" * len(names)]  # fmt: skip
-        for part in ("train", "val", "test"):
-            lines.append(f"| {part} | " + " | ".join(str(counts[part][n]) for n in names) + " |")
-    if card.get("weak_classes"):
-        lines += ["", f"Weak classes (F1 more than 0.1 below macro): {card['weak_classes']}"]
-    search = card.get("search")
-    if search:
-        done = sum(1 for t in search["trials"] if t["state"] == "COMPLETE")
-        lines += [
-            "",
-            f"Hyperparameter search ({search['method']}): {len(search['trials'])} trials "
-            f"({done} complete) in {search['seconds']:.0f} s on the validation split; best "
-            f"validation loss {search['best_val_loss']:.4f} vs {search['default_val_loss']:.4f} "
-            f"for the default configuration; best: `{search['best']}` (trials.csv, search.png).",
-        ]
-    ablation = card.get("ablation")
-    if ablation:
-        lines += ["", "Ablation (validation split):", "", "| removed | val loss | val accuracy |",
-                  "|---|---|---|"]  # fmt: skip
-        for row in ablation:
-            lines.append(
-                f"| {row['removed'] or '(nothing: full)'} | {row['val_loss']:.4f} | "
-                f"{row['val_accuracy']:.4f} |"
-            )
-    for image in card.get("plots", []):
-        lines += ["", f"![{image}]({image})"]
-    (entry / "model_card.md").write_text("\n".join(lines) + "\n")
 
 
 def plot_examples(

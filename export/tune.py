@@ -14,6 +14,7 @@ import csv
 import itertools
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -149,19 +150,7 @@ def _suggest(trial: optuna.Trial, space: Space) -> dict[str, Any]:
     return params
 
 
-def search(
-    prepared: Prepared,
-    spec: CnnSpec,
-    base: TrainConfig,
-    augmentation: Augmentation,
-    space: Space,
-    *,
-    method: str = "tpe",
-    trials: int = 20,
-    timeout_s: float | None = None,
-    seed: int = 0,
-) -> SearchResult:
-    """Search on train/validation only; the caller retrains the best and tests it once."""
+def _check_budget(method: str, space: Space, trials: int, timeout_s: float | None) -> None:
     if method not in ("tpe", "grid"):
         raise SearchError(f"method must be tpe or grid, got {method!r}")
     check_space(space, method)
@@ -169,21 +158,33 @@ def search(
         raise SearchError(f"the trial budget must be at least 1, got {trials}")
     if timeout_s is not None and timeout_s <= 0:
         raise SearchError(f"the time budget must be positive, got {timeout_s} s")
+
+
+def _study(method: str, space: Space, seed: int) -> optuna.Study:
     sampler: optuna.samplers.BaseSampler
     if method == "grid":
         sampler = optuna.samplers.GridSampler(space, seed=seed)
-        trials = min(trials, math.prod(len(v) for v in space.values()))
     else:
         sampler = optuna.samplers.TPESampler(seed=seed)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(
+    return optuna.create_study(
         direction="minimize",
         sampler=sampler,
         pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=5),
     )
-    if method == "tpe":  # a grid runs its own points; TPE starts from the default
-        study.enqueue_trial(default_params(space, spec, base))
-    records: list[Trial] = []
+
+
+def _objective(
+    prepared: Prepared,
+    spec: CnnSpec,
+    base: TrainConfig,
+    augmentation: Augmentation,
+    space: Space,
+    seed: int,
+    records: list[Trial],
+) -> Callable[[optuna.Trial], float]:
+    """One trial: train the suggested configuration on train/validation, recording it
+    (complete, pruned by the median rule, or pruned because its loss diverged)."""
 
     def objective(trial: optuna.Trial) -> float:
         params = _suggest(trial, space)
@@ -204,30 +205,37 @@ def search(
         result = train(model, prepared.split, config, progress=None, on_epoch=report)
         last = result.history.val_loss[-1]
         if not math.isfinite(last) or not math.isfinite(result.best_val_loss):
-            records.append(
-                Trial(
-                    trial.number,
-                    "PRUNED",
-                    math.nan,
-                    math.nan,
-                    result.epochs_run,
-                    params,
-                    "diverged",
-                )
-            )
+            records.append(Trial(trial.number, "PRUNED", math.nan, math.nan,
+                                 result.epochs_run, params, "diverged"))  # fmt: skip
             raise optuna.TrialPruned("the loss diverged (NaN or infinite)")
-        records.append(
-            Trial(
-                trial.number,
-                "COMPLETE",
-                result.best_val_loss,
-                result.val_accuracy,
-                result.epochs_run,
-                params,
-            )
-        )
+        records.append(Trial(trial.number, "COMPLETE", result.best_val_loss,
+                             result.val_accuracy, result.epochs_run, params))  # fmt: skip
         return result.best_val_loss
 
+    return objective
+
+
+def search(
+    prepared: Prepared,
+    spec: CnnSpec,
+    base: TrainConfig,
+    augmentation: Augmentation,
+    space: Space,
+    *,
+    method: str = "tpe",
+    trials: int = 20,
+    timeout_s: float | None = None,
+    seed: int = 0,
+) -> SearchResult:
+    """Search on train/validation only; the caller retrains the best and tests it once."""
+    _check_budget(method, space, trials, timeout_s)
+    if method == "grid":
+        trials = min(trials, math.prod(len(v) for v in space.values()))
+    study = _study(method, space, seed)
+    if method == "tpe":  # a grid runs its own points; TPE starts from the default
+        study.enqueue_trial(default_params(space, spec, base))
+    records: list[Trial] = []
+    objective = _objective(prepared, spec, base, augmentation, space, seed, records)
     started = time.monotonic()
     study.optimize(objective, n_trials=trials, timeout=timeout_s, catch=())
     complete = [t for t in records if t.state == "COMPLETE"]

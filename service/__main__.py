@@ -12,24 +12,33 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from service.config import ServerSettings, TlsSettings
 from service.errors import CnnserveError
 from service.eventloop import loop_factory
+from service.settings import (
+    ENV_PREFIX,
+    SERVE_OPTIONS,
+    ServerSettings,
+    SettingError,
+    TlsSettings,
+    default,
+    env_default,
+    env_value,
+)
 
 if TYPE_CHECKING:
     from service.client import ClientSecurity
-    from service.repository import SchedulerFactory
+    from service.loader import SchedulerFactory
     from service.server import CnnserveServer
 
 log = logging.getLogger("cnnserve")
 
 
-def _env(name: str, default: str) -> str:
-    return ServerSettings.env_default(name, default)
+def _env(name: str, fallback: str = "") -> str:
+    return env_value(name) or fallback
 
 
 def _path_env(name: str) -> Path | None:
-    value = _env(name, "")
+    value = _env(name)
     return Path(value) if value else None
 
 
@@ -51,7 +60,7 @@ def _client_security(args: argparse.Namespace) -> ClientSecurity:
         ca_cert=args.ca_cert,
         cert=args.client_cert,
         key=args.client_key,
-        token=_env("AUTH_TOKEN", "") or None,
+        token=_env("AUTH_TOKEN") or None,
     )
 
 
@@ -62,7 +71,7 @@ def _auth_token(path: Path | None) -> str | None:
             return path.read_text().strip()
         except OSError as exc:
             raise SystemExit(f"cnnserve: cannot read the auth token file {path}: {exc}") from None
-    return _env("AUTH_TOKEN", "") or None
+    return _env("AUTH_TOKEN") or None
 
 
 def _tls(args: argparse.Namespace) -> TlsSettings | None:
@@ -75,76 +84,27 @@ def _tls(args: argparse.Namespace) -> TlsSettings | None:
     return TlsSettings(args.tls_cert, args.tls_key, args.tls_client_ca)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cnnserve", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    serve = commands.add_parser("serve", help="serve a model repository over KServe v2 gRPC")
-    serve.add_argument(
-        "--model-repository",
-        type=Path,
-        default=Path(_env("MODEL_REPOSITORY", "models")),
-        help="folder of models (env CNNSERVE_MODEL_REPOSITORY; default: models)",
-    )
-    serve.add_argument(
-        "--host", default=_env("HOST", "127.0.0.1"), help="bind address (env CNNSERVE_HOST)"
-    )
-    serve.add_argument(
-        "--port",
-        type=int,
-        default=int(_env("PORT", "8001")),
-        help="gRPC port, 0 = any free port (env CNNSERVE_PORT; default 8001)",
-    )
-    serve.add_argument(
-        "--batching",
-        choices=("on", "off"),
-        default=_env("BATCHING", "on"),
-        help="dynamic batching (env CNNSERVE_BATCHING); off runs each request alone",
-    )
-    serve.add_argument(
-        "--metrics-port",
-        type=int,
-        default=int(_env("METRICS_PORT", "8002")),
-        help="Prometheus /metrics HTTP port, 0 = any free port (env CNNSERVE_METRICS_PORT)",
-    )
+def _serve_flags(serve: argparse.ArgumentParser) -> None:
+    """Every setting of service.settings.SERVE_OPTIONS, with its environment default."""
+    for option in SERVE_OPTIONS:
+        value = env_default(option)  # SettingError: a usage error, reported by main
+        metavar = "{" + ",".join(option.choices) + "}" if option.choices else None
+        serve.add_argument(
+            option.flag,
+            dest=option.setting,
+            type=option.parse,
+            default=value,
+            metavar=metavar,
+            help=f"{option.help} (env {ENV_PREFIX}{option.env}; "
+            f"default {option.shown(default(option.setting))})",
+        )
     serve.add_argument(
         "--no-metrics", action="store_true", help="serve no metrics (for overhead comparison)"
-    )
-    serve.add_argument(
-        "--event-loop",
-        choices=("auto", "asyncio"),
-        default=_env("EVENT_LOOP", "auto"),
-        help="auto: uvloop when installed (env CNNSERVE_EVENT_LOOP)",
     )
     serve.add_argument(
         "--ort-spinning",
         action="store_true",
         help="let onnxruntime's intra-op threads busy-wait (off by default: it starves gRPC)",
-    )
-    serve.add_argument(
-        "--grace-period",
-        type=float,
-        default=float(_env("GRACE_PERIOD", "30")),
-        help="seconds to finish accepted requests on SIGTERM (env CNNSERVE_GRACE_PERIOD)",
-    )
-    serve.add_argument(
-        "--model-control-mode",
-        choices=("none", "explicit", "poll"),
-        default=_env("MODEL_CONTROL_MODE", "none"),
-        help="none: serve what loads at start; explicit: RepositoryModelLoad/Unload; "
-        "poll: rescan the repository (env CNNSERVE_MODEL_CONTROL_MODE)",
-    )
-    serve.add_argument(
-        "--poll-interval",
-        type=float,
-        default=float(_env("POLL_INTERVAL", "15")),
-        help="poll mode: seconds between rescans (env CNNSERVE_POLL_INTERVAL)",
-    )
-    serve.add_argument(
-        "--max-message-bytes",
-        type=int,
-        default=int(_env("MAX_MESSAGE_BYTES", str(64 * 1024 * 1024))),
-        help="largest gRPC message either way (env CNNSERVE_MAX_MESSAGE_BYTES; 64 MiB)",
     )
     serve.add_argument("--tls-cert", type=Path, default=_path_env("TLS_CERT"), help="PEM")
     serve.add_argument("--tls-key", type=Path, default=_path_env("TLS_KEY"), help="PEM")
@@ -162,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
         "env CNNSERVE_AUTH_TOKEN); gRPC health stays open",
     )
 
+
+def _client_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     infer = commands.add_parser(
         "infer", help="classify image files with a running server (sent as they are)"
     )
@@ -171,7 +133,6 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--top-k", type=int, default=3)
     infer.add_argument("--timeout", type=float, default=30.0, help="seconds")
     _client_security_flags(infer)
-
     health = commands.add_parser(
         "health", help="gRPC health check (exit 0 when SERVING): for container HEALTHCHECKs"
     )
@@ -180,12 +141,33 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument("--timeout", type=float, default=3.0, help="seconds")
     _client_security_flags(health)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    """Raises SettingError for a CNNSERVE_* variable that does not parse."""
+    parser = argparse.ArgumentParser(prog="cnnserve", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="serve a model repository over KServe v2 gRPC")
+    _serve_flags(serve)
+    _client_parsers(commands)
     commands.add_parser(
         "export",
         help="train and export models (needs the export extra: pip install 'cnnserve[export]')",
         add_help=False,
     )
     return parser
+
+
+def serve_settings(args: argparse.Namespace) -> ServerSettings:
+    """The settings `cnnserve serve` runs with: the schema's fields from the parsed flags."""
+    values = {option.setting: getattr(args, option.setting) for option in SERVE_OPTIONS}
+    if args.no_metrics:
+        values["metrics_port"] = None
+    return ServerSettings(
+        **values,
+        ort_spinning=args.ort_spinning,
+        tls=_tls(args),
+        auth_token=_auth_token(args.auth_token_file),
+    )
 
 
 async def _serve(settings: ServerSettings, make_scheduler: SchedulerFactory | None = None) -> None:
@@ -245,26 +227,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             return 2
         return export_main(args_list[1:])
-    args = build_parser().parse_args(args_list)
+    try:
+        parser = build_parser()
+    except SettingError as exc:  # a CNNSERVE_* variable that does not parse
+        print(f"cnnserve: error: {exc}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(args_list)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     if args.command == "serve":
-        settings = ServerSettings(
-            model_repository=args.model_repository,
-            host=args.host,
-            port=args.port,
-            grace_period_s=args.grace_period,
-            batching=args.batching == "on",
-            metrics_port=None if args.no_metrics else args.metrics_port,
-            event_loop=args.event_loop,
-            ort_spinning=args.ort_spinning,
-            model_control_mode=args.model_control_mode,
-            poll_interval_s=args.poll_interval,
-            max_message_bytes=args.max_message_bytes,
-            tls=_tls(args),
-            auth_token=_auth_token(args.auth_token_file),
-        )
+        settings = serve_settings(args)
         try:
             with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
                 runner.run(_serve(settings))

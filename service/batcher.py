@@ -21,15 +21,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
+from service.batch_queue import (
+    CANCELLED,
+    DEADLINE,
+    FAILED,
+    QUEUE_FULL,
+    SHUTTING_DOWN,
+    TOO_LARGE,
+    BatchObserver,
+    BatchPolicy,
+    BatchRecord,
+    PendingRequest,
+    RequestQueue,
+    Slice,
+    gather_inputs,
+)
 from service.errors import (
     CnnserveError,
     DeadlineExceeded,
@@ -40,97 +52,10 @@ from service.errors import (
 )
 from service.scheduler import Arrays, Runner
 
+# Re-exported: the batcher's public types live with its queue.
+__all__ = ["BatchObserver", "BatchPolicy", "BatchRecord", "DynamicBatcher"]
+
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class BatchPolicy:
-    max_batch_size: int  # rows per run; with merge=False only bounds the queue accounting
-    max_queue_size: int  # rows waiting (not yet handed to an instance)
-    max_queue_delay_s: float = 0.0
-    preferred_batch_sizes: tuple[int, ...] = ()
-    merge: bool = True  # False: each request runs alone, as sent (unbatched models)
-
-
-@dataclass(frozen=True)
-class BatchRecord:
-    """What one executed batch looked like; handed to the observer (metrics, tests)."""
-
-    rows: int
-    requests: int
-    queue_waits_s: tuple[float, ...]  # per request part: enqueue -> batch start
-    compute_s: float
-    failed: bool
-
-
-class BatchObserver(Protocol):
-    """Told about every executed batch and every request refused or dropped before compute
-    (metrics.ModelMetrics implements it)."""
-
-    def batch(self, record: BatchRecord) -> None: ...
-
-    def rejected(self, reason: str) -> None: ...
-
-
-# Rejection reasons (the `reason` label of cnnserve_rejections_total).
-QUEUE_FULL = "queue_full"
-TOO_LARGE = "too_large"
-DEADLINE = "deadline"
-CANCELLED = "cancelled"
-SHUTTING_DOWN = "shutting_down"
-FAILED = "failed"  # the version's dispatcher died: it refuses until it is replaced
-
-
-@dataclass(eq=False)
-class _Pending:
-    """One submitted request: its rows are handed out to batches in order."""
-
-    inputs: Mapping[str, npt.NDArray[np.generic]]
-    output_names: tuple[str, ...]
-    rows: int  # in the queue's accounting: the batch size, or 1 when requests never merge
-    batch_size: int  # rows as sent (what one run computes when requests never merge)
-    deadline: float | None
-    enqueued_at: float
-    future: asyncio.Future[Arrays]
-    next_row: int = 0  # rows already handed to batches
-    done_rows: int = 0
-    parts: dict[int, Arrays] = field(default_factory=dict)  # start row -> outputs
-
-    @property
-    def started(self) -> bool:
-        return self.next_row > 0
-
-    def finish_part(self, start: int, outputs: Arrays, rows: int) -> None:
-        if self.future.done():
-            return
-        self.parts[start] = outputs
-        self.done_rows += rows
-        if self.done_rows < self.rows:
-            return
-        if len(self.parts) == 1:
-            result = outputs  # the whole request in one batch: views, no copy
-        else:
-            order = sorted(self.parts)
-            result = {
-                name: np.concatenate([self.parts[s][name] for s in order])
-                for name in self.output_names
-            }
-        self.future.set_result(result)
-
-    def fail(self, error: BaseException) -> None:
-        if not self.future.done():
-            self.future.set_exception(error)
-
-
-@dataclass(frozen=True)
-class _Slice:
-    request: _Pending
-    start: int
-    stop: int
-
-    @property
-    def rows(self) -> int:
-        return self.stop - self.start
 
 
 class DynamicBatcher:
@@ -151,8 +76,7 @@ class DynamicBatcher:
         self._runners = list(runners)
         self._idle: list[Runner] = []
         self._observer = observer
-        self._queue: deque[_Pending] = deque()
-        self._queued_rows = 0
+        self._queue = RequestQueue(on_expired=lambda: self._reject(DEADLINE))
         self._wakeup = asyncio.Event()
         self._dispatcher: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
@@ -189,7 +113,7 @@ class DynamicBatcher:
 
     @property
     def queued_rows(self) -> int:
-        return self._queued_rows
+        return self._queue.rows
 
     @property
     def queued_requests(self) -> int:
@@ -237,11 +161,7 @@ class DynamicBatcher:
             listener(reason)
 
     def _fail_waiting(self, error: CnnserveError) -> None:
-        waiting = list(self._queue)
-        self._queue.clear()
-        self._queued_rows = 0
-        for pending in waiting:
-            pending.fail(error)
+        self._queue.fail_all(error)
 
     # -- admission ---------------------------------------------------------------------
 
@@ -269,10 +189,10 @@ class DynamicBatcher:
                 f"request has {rows} rows, more than model '{self._name}' can ever queue "
                 f"(max_queue_size {self.policy.max_queue_size} rows)"
             )
-        if self._queued_rows + rows > self.policy.max_queue_size:
+        if self._queue.rows + rows > self.policy.max_queue_size:
             self._reject(QUEUE_FULL)
             raise ResourceExhausted(
-                f"model '{self._name}' queue is full ({self._queued_rows} of "
+                f"model '{self._name}' queue is full ({self._queue.rows} of "
                 f"{self.policy.max_queue_size} rows waiting); retry later"
             )
         return rows
@@ -288,7 +208,7 @@ class DynamicBatcher:
         loop = asyncio.get_running_loop()
         now = loop.time()
         rows = self._admit(batch_size, deadline, now)
-        pending = _Pending(
+        pending = PendingRequest(
             inputs=inputs,
             output_names=tuple(output_names),
             rows=rows,
@@ -298,7 +218,6 @@ class DynamicBatcher:
             future=loop.create_future(),
         )
         self._queue.append(pending)
-        self._queued_rows += rows
         self._wakeup.set()
         # One timer per request with a deadline, and a plain await: resolving the future
         # wakes this coroutine directly (wait_for + shield would cost three loop hops).
@@ -313,7 +232,7 @@ class DynamicBatcher:
             if timer is not None:
                 timer.cancel()
 
-    def _expire(self, pending: _Pending) -> None:
+    def _expire(self, pending: PendingRequest) -> None:
         """The deadline passed before the request finished: answer now, compute no more."""
         if pending.future.done():
             return
@@ -325,78 +244,31 @@ class DynamicBatcher:
         if self._observer is not None:
             self._observer.rejected(reason)
 
-    def _abandon(self, pending: _Pending) -> None:
+    def _abandon(self, pending: PendingRequest) -> None:
         """The client is gone: rows not yet handed out are never computed."""
         if not pending.future.done():
             pending.future.cancel()
         self._forget(pending)
 
-    def _forget(self, pending: _Pending) -> None:
-        if pending in self._queue:
-            # Rows already in a running batch finish and are discarded; the rest never run.
-            self._queue.remove(pending)
-            self._queued_rows -= pending.rows - pending.next_row
+    def _forget(self, pending: PendingRequest) -> None:
+        self._queue.forget(pending)
 
     # -- batch formation ---------------------------------------------------------------
 
-    def _drop_dead_heads(self, now: float) -> None:
-        while self._queue:
-            head = self._queue[0]
-            if head.started:
-                return  # part of it is computing already: finish it
-            if head.future.done():  # cancelled by its client
-                pass
-            elif head.deadline is not None and now >= head.deadline:
-                head.fail(DeadlineExceeded("the request's deadline passed before compute"))
-                self._reject(DEADLINE)
-            else:
-                return
-            self._queue.popleft()
-            self._queued_rows -= head.rows
-
-    def _target_rows(self) -> int:
-        policy = self.policy
-        target = min(self._queued_rows, policy.max_batch_size)
-        fitting = [p for p in policy.preferred_batch_sizes if p <= target]
-        return max(fitting) if fitting else target
-
-    def _form_batch(self, now: float) -> list[_Slice]:
-        self._drop_dead_heads(now)
-        if not self._queue:
-            return []
-        if not self.policy.merge:
-            head = self._queue.popleft()
-            self._queued_rows -= head.rows
-            head.next_row = head.rows
-            return [_Slice(head, 0, head.rows)]
-        budget = self._target_rows()
-        batch: list[_Slice] = []
-        while budget > 0 and self._queue:
-            head = self._queue[0]
-            if not head.started and (
-                head.future.done() or (head.deadline is not None and now >= head.deadline)
-            ):
-                self._drop_dead_heads(now)
-                continue
-            take = min(budget, head.rows - head.next_row)
-            batch.append(_Slice(head, head.next_row, head.next_row + take))
-            head.next_row += take
-            budget -= take
-            self._queued_rows -= take
-            if head.next_row == head.rows:
-                self._queue.popleft()
-        return batch
+    def _form_batch(self, now: float) -> list[Slice]:
+        return self._queue.form_batch(now, self.policy)
 
     def _should_wait_for_more(self, now: float) -> float:
         """Seconds to hold a partial batch for more rows (0: send it now)."""
         policy = self.policy
         if policy.max_queue_delay_s <= 0 or not policy.merge or self._closing:
             return 0.0
-        if self._queued_rows >= policy.max_batch_size:
+        queued = self._queue.rows
+        if queued >= policy.max_batch_size:
             return 0.0
-        if policy.preferred_batch_sizes and self._queued_rows in policy.preferred_batch_sizes:
+        if policy.preferred_batch_sizes and queued in policy.preferred_batch_sizes:
             return 0.0
-        return max(0.0, self._queue[0].enqueued_at + policy.max_queue_delay_s - now)
+        return max(0.0, self._queue.head.enqueued_at + policy.max_queue_delay_s - now)
 
     async def _dispatch_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -427,14 +299,14 @@ class DynamicBatcher:
 
     # -- execution ---------------------------------------------------------------------
 
-    async def _execute(self, runner: Runner, batch: list[_Slice], started: float) -> None:
+    async def _execute(self, runner: Runner, batch: list[Slice], started: float) -> None:
         loop = asyncio.get_running_loop()
         names = tuple(dict.fromkeys(n for s in batch for n in s.request.output_names))
         failed = False
         compute_s = 0.0
         try:
             assert self._executor is not None
-            feeds = _gather_inputs(batch)
+            feeds = gather_inputs(batch)
             outputs = await loop.run_in_executor(self._executor, runner.run, feeds, list(names))
             compute_s = loop.time() - started
             results = dict(zip(names, outputs, strict=True))
@@ -470,21 +342,10 @@ class DynamicBatcher:
                 )
             )
 
-    def _fail_parts(self, batch: list[_Slice], error: CnnserveError) -> None:
+    def _fail_parts(self, batch: list[Slice], error: CnnserveError) -> None:
         """Every request in a failed batch gets the error as raised (the same instance: no
         rebuilding by constructor). A request split over several batches has failed as a
         whole, so its rows that are still queued are withdrawn and never computed."""
         for part in batch:
             part.request.fail(error)
             self._forget(part.request)
-
-
-def _gather_inputs(batch: list[_Slice]) -> dict[str, npt.NDArray[np.generic]]:
-    """One concatenation per input; a batch that is one whole request is passed as is."""
-    first = batch[0]
-    if len(batch) == 1 and first.start == 0 and first.stop == first.request.rows:
-        return dict(first.request.inputs)
-    return {
-        name: np.concatenate([part.request.inputs[name][part.start : part.stop] for part in batch])
-        for name in first.request.inputs
-    }

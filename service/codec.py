@@ -1,4 +1,4 @@
-"""KServe v2 messages <-> numpy arrays.
+"""KServe v2 gRPC messages <-> the core's plain records (service/records.py) and numpy.
 
 Decoding is zero-copy for raw contents (`np.frombuffer` over the request's bytes); typed
 contents are converted once. Every client mistake becomes `InvalidArgument` naming the
@@ -9,48 +9,15 @@ here (see `signature.py`): this module only checks that a tensor is self-consist
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import numpy.typing as npt
 
 from service.datatypes import DATATYPES, Datatype, from_numpy
 from service.errors import InvalidArgument
+from service.records import DecodedRequest, HeaderCheck, ParamValue, RequestedOutput, TensorHeader
 from service.v2 import grpc_service_pb2 as pb
-
-ParamValue = bool | int | float | str
-
-
-@dataclass(frozen=True)
-class RequestedOutput:
-    name: str
-    parameters: Mapping[str, ParamValue] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class TensorHeader:
-    """What a request declares about one input, before its contents are read."""
-
-    name: str
-    datatype: str
-    shape: tuple[int, ...]
-
-
-# Checks the declared inputs against a model's signature and returns the batch size;
-# run before any payload is decoded, so a wrong shape is reported as a wrong shape.
-HeaderCheck = Callable[[Sequence[TensorHeader]], int]
-
-
-@dataclass(frozen=True)
-class DecodedRequest:
-    """A ModelInfer request whose inputs passed the model's header check and were decoded."""
-
-    id: str
-    inputs: dict[str, npt.NDArray[np.generic]]
-    batch_size: int
-    outputs: tuple[RequestedOutput, ...]
-    parameters: Mapping[str, ParamValue]
 
 
 def parameter_value(param: pb.InferParameter) -> ParamValue:

@@ -1,4 +1,4 @@
-"""Server settings and the model config schema.
+"""The model config schema (server settings are service/settings.py).
 
 A model's `config.yaml` is optional and may be partial: what it leaves out is filled in
 from the ONNX file (see `signature.py`). Every key is validated here, at load time, with a
@@ -8,7 +8,6 @@ silently change behaviour.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -297,38 +296,3 @@ def load_model_overrides(model: str, path: Path) -> ModelOverrides:
     if not isinstance(document, dict):
         raise ConfigError(f"model '{model}': {path.name} must hold a mapping of keys")
     return parse_model_overrides(model, document)
-
-
-@dataclass(frozen=True)
-class TlsSettings:
-    """Server certificate and key (PEM); with `client_ca`, clients must present a
-    certificate signed by it (mutual TLS)."""
-
-    cert: Path
-    key: Path
-    client_ca: Path | None = None
-
-
-@dataclass(frozen=True)
-class ServerSettings:
-    """Process-wide settings, from flags or CNNSERVE_* environment variables."""
-
-    model_repository: Path
-    host: str = "127.0.0.1"
-    port: int = 8001
-    grace_period_s: float = 30.0
-    batching: bool = True  # False: every request runs alone, as sent (for comparison)
-    metrics_port: int | None = 8002  # Prometheus /metrics; 0 = any free port; None = off
-    event_loop: str = "auto"  # auto (uvloop when installed) | asyncio
-    ort_spinning: bool = False  # onnxruntime intra-op threads busy-wait (bench/README.md)
-    model_control_mode: str = "none"  # none | explicit | poll (service.repository)
-    poll_interval_s: float = 15.0  # poll mode: seconds between repository rescans
-    # gRPC limits both ways; a bigger message is refused with RESOURCE_EXHAUSTED. 64 MiB
-    # holds a batch of 64 uint8 224x224x3 images (9.6 MB) many times over.
-    max_message_bytes: int = 64 * 1024 * 1024
-    tls: TlsSettings | None = None
-    auth_token: str | None = field(default=None, repr=False)  # never logged
-
-    @staticmethod
-    def env_default(name: str, default: str) -> str:
-        return os.environ.get(f"CNNSERVE_{name}", default)

@@ -19,14 +19,14 @@ from google.protobuf.message import DecodeError
 
 from service import __version__
 from service.codec import (
-    ParamValue,
     decode_infer_request,
     encode_infer_response,
     set_parameter,
 )
-from service.errors import CnnserveError, InvalidArgument, NotFound, Unavailable
+from service.errors import CnnserveError, Code, InvalidArgument, NotFound, Unavailable
 from service.metrics import UNKNOWN_MODEL, Metrics, ModelStats
 from service.model import ServedModel
+from service.records import ParamValue
 from service.repository import ModelRepository
 from service.triton_config import model_config_message
 from service.v2 import grpc_service_pb2 as pb
@@ -49,6 +49,11 @@ EXTENSIONS: tuple[str, ...] = (
     "schedule_policy",
     "statistics",
 )
+
+
+def grpc_status(code: Code) -> grpc.StatusCode:
+    """Our codes are gRPC's canonical names: the one translation, at the gRPC boundary."""
+    return grpc.StatusCode[code.value]
 
 
 def request_deadline(
@@ -121,7 +126,7 @@ def _boundary(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
                 raise InvalidArgument(f"request is not a valid protobuf message: {request.error}")
             return await handler(self, request, context)
         except CnnserveError as exc:
-            await context.abort(exc.code, exc.message)
+            await context.abort(grpc_status(exc.code), exc.message)
         except Exception as exc:  # a bug: never let it look like a client error
             log.exception("internal error in %s", handler.__name__)
             await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {exc}")
@@ -265,7 +270,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             code = grpc.StatusCode.OK
             return response
         except CnnserveError as exc:
-            code = exc.code
+            code = grpc_status(exc.code)
             raise
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED
@@ -322,7 +327,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.RepositoryModelLoadResponse:
         _check_repository_name(request.repository_name)
         _refuse_parameters("RepositoryModelLoad", request.parameters)
-        self._repository.check_control("load")
+        self._repository.control_mode.require_explicit("load")
         if self._draining:
             raise Unavailable("the server is shutting down")
         await self._repository.load(request.model_name)
@@ -334,7 +339,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.RepositoryModelUnloadResponse:
         _check_repository_name(request.repository_name)
         _refuse_parameters("RepositoryModelUnload", request.parameters)
-        self._repository.check_control("unload")
+        self._repository.control_mode.require_explicit("unload")
         await self._repository.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 

@@ -142,6 +142,20 @@ class ModelStats:
 class Metrics:
     def __init__(self, registry: CollectorRegistry, *, process: bool = True) -> None:
         self.registry = registry
+        self._define_histograms(registry)
+        self._define_gauges(registry)
+        if process:
+            ProcessCollector(registry=registry)
+            PlatformCollector(registry=registry)
+        self._stats: dict[tuple[str, str], ModelStats] = {}
+        # Labelled children by (model, version, code): `.labels()` costs as much as the
+        # observation itself, and this runs once per request.
+        self._request_children: dict[tuple[str, str, str], LoopHistogram] = {}
+        # The ModelMetrics that currently owns each (model, version) series: a reload of the
+        # same version number hands them to the new one, and the old one must leave them be.
+        self._owners: dict[tuple[str, str], ModelMetrics] = {}
+
+    def _define_histograms(self, registry: CollectorRegistry) -> None:
         labels = ("model", "version")
         self.request_duration = LoopHistograms(
             "cnnserve_request_duration_seconds",
@@ -174,6 +188,9 @@ class Metrics:
         self.batch_size = LoopHistograms(
             "cnnserve_batch_size", "Rows per executed batch", labels, BATCH_BUCKETS, registry
         )
+
+    def _define_gauges(self, registry: CollectorRegistry) -> None:
+        labels = ("model", "version")
         self.queue_depth = Gauge(
             "cnnserve_queue_depth", "Rows waiting in the batcher queue", labels, registry=registry
         )
@@ -207,16 +224,6 @@ class Metrics:
             labels,
             registry=registry,
         )
-        if process:
-            ProcessCollector(registry=registry)
-            PlatformCollector(registry=registry)
-        self._stats: dict[tuple[str, str], ModelStats] = {}
-        # Labelled children by (model, version, code): `.labels()` costs as much as the
-        # observation itself, and this runs once per request.
-        self._request_children: dict[tuple[str, str, str], LoopHistogram] = {}
-        # The ModelMetrics that currently owns each (model, version) series: a reload of the
-        # same version number hands them to the new one, and the old one must leave them be.
-        self._owners: dict[tuple[str, str], ModelMetrics] = {}
 
     def stats(self, model: str, version: str) -> ModelStats:
         key = (model, version)

@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from service.codec import DecodedRequest, RequestedOutput, TensorHeader
 from service.config import ModelConfig
 from service.errors import InvalidArgument
 from service.images import decode_batch
 from service.metrics import ModelMetrics
 from service.preprocess import BoundPreprocess
+from service.records import DecodedRequest, RequestedOutput, TensorHeader
 from service.runtime import OnnxRunner
 from service.scheduler import Scheduler
 from service.signature import check_inputs, select_outputs
@@ -54,11 +54,18 @@ class ServedModel:
         return self.runners[0]
 
     async def start(self) -> None:
-        if self.preprocess is not None:
-            self._decoder = ThreadPoolExecutor(
-                max_workers=os.cpu_count() or 1, thread_name_prefix=f"decode-{self.name}"
-            )
-        await self.scheduler.start()
+        """Start the decode threads and the scheduler; if that fails, release them."""
+        try:
+            if self.preprocess is not None:
+                self._decoder = ThreadPoolExecutor(
+                    max_workers=os.cpu_count() or 1, thread_name_prefix=f"decode-{self.name}"
+                )
+            await self.scheduler.start()
+        except BaseException:
+            await self.aclose()
+            if self.metrics is not None:
+                self.metrics.release()
+            raise
 
     def acquire(self) -> None:
         """A request starts using this version (see ModelRepository.lease)."""

@@ -20,7 +20,7 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from service.errors import InternalError, ModelLoadError
-from service.signature import OnnxTensor
+from service.records import OnnxTensor
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import grpc
 
-from service.config import TlsSettings
 from service.errors import ConfigError, Unauthenticated
+from service.settings import TlsSettings
 
 # Probes must answer without credentials (the token would otherwise have to be in the pod
 # spec of every probe).
@@ -39,7 +39,7 @@ def server_credentials(tls: TlsSettings) -> grpc.ServerCredentials:
 
 def _refusal(error: Unauthenticated) -> grpc.RpcMethodHandler[Any, Any]:
     async def refuse(request: object, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        await context.abort(error.code, error.message)
+        await context.abort(grpc.StatusCode[error.code.value], error.message)
 
     return grpc.unary_unary_rpc_method_handler(refuse)
 

@@ -21,16 +21,13 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
-from service.config import ServerSettings
 from service.grpc_api import InferenceServicer, add_to_server
+from service.loader import SchedulerFactory, VersionLoader, scheduler_factory
 from service.metrics import Metrics, register_gpu_memory
-from service.repository import (
-    ControlMode,
-    ModelRepository,
-    SchedulerFactory,
-    scheduler_factory,
-)
+from service.poller import RepositoryPoller
+from service.repository import ModelRepository
 from service.security import BearerTokenInterceptor, server_credentials
+from service.settings import ControlMode, ServerSettings
 from service.v2 import POOL
 from service.v2 import grpc_service_pb2 as pb
 
@@ -65,14 +62,19 @@ class CnnserveServer:
         if settings.metrics_port is not None:
             self.metrics = Metrics(registry if registry is not None else CollectorRegistry())
             register_gpu_memory(self.metrics.registry)
-        self.repository = ModelRepository(
-            settings.model_repository,
+        loader = VersionLoader(
             make_scheduler or scheduler_factory(batching=settings.batching),
             self.metrics,
             ort_spinning=settings.ort_spinning,
+        )
+        self.repository = ModelRepository(
+            settings.model_repository,
+            loader.load,
+            self.metrics,
             control_mode=ControlMode(settings.model_control_mode),
             on_change=self._model_changed,
         )
+        self.poller = RepositoryPoller(self.repository)
         self._poller: asyncio.Task[None] | None = None
         self._servicer: InferenceServicer | None = None
         self._metrics_http: WSGIServer | None = None
@@ -150,7 +152,7 @@ class CnnserveServer:
         self._ready = True
         if self.repository.control_mode is ControlMode.POLL:
             self._poller = asyncio.create_task(
-                self.repository.poll_forever(settings.poll_interval_s), name="repository-poll"
+                self.poller.run(settings.poll_interval_s), name="repository-poll"
             )
         log.info("cnnserve listening on %s", self.address)
 

@@ -8,25 +8,15 @@ tensor names with '/', ':' or '.' in them (names are used verbatim, never parsed
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import onnx
 from onnx import helper
 
-from service.codec import RequestedOutput, TensorHeader
 from service.config import DEFAULT_MAX_BATCH_SIZE, ModelConfig, TensorSpec
 from service.datatypes import from_numpy, from_ort
 from service.errors import InvalidArgument, ModelLoadError
-
-
-@dataclass(frozen=True)
-class OnnxTensor:
-    """What onnxruntime says about one graph input or output (a NodeArg, decoupled)."""
-
-    name: str
-    ort_type: str
-    shape: tuple[int | str | None, ...]
+from service.records import OnnxTensor, RequestedOutput, TensorHeader
 
 
 def onnx_signature(model: onnx.ModelProto) -> tuple[list[OnnxTensor], list[OnnxTensor]]:

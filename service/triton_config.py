@@ -6,8 +6,8 @@ tensor shapes and the batching policy. Only the fields cnnserve has are filled.
 
 from __future__ import annotations
 
+from service.layout import LABELS_FILE
 from service.model import ServedModel
-from service.repository import LABELS_FILE
 from service.v2 import model_config_pb2 as mc
 
 _DATA_TYPES = {

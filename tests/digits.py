@@ -8,7 +8,8 @@ from functools import cache
 import onnxruntime as ort
 
 from service.config import load_model_overrides
-from service.repository import CONFIG_FILE, preprocessed_graph
+from service.layout import CONFIG_FILE
+from service.loader import preprocessed_graph
 from tests.serving import EXAMPLE_MODELS
 
 DIGITS = EXAMPLE_MODELS / "digits"

@@ -15,9 +15,10 @@ from pathlib import Path
 
 from service.__main__ import _serve
 from service.batcher import BatchObserver
-from service.config import ModelConfig, ServerSettings
+from service.config import ModelConfig
 from service.runtime import OnnxRunner
 from service.scheduler import Scheduler
+from service.settings import ServerSettings
 from tests.serving import GatedRunner, gated_scheduler
 
 

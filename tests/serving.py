@@ -21,12 +21,13 @@ import numpy as np
 import numpy.typing as npt
 
 from service.batcher import BatchObserver, DynamicBatcher
-from service.config import ModelConfig, ServerSettings
+from service.config import ModelConfig
 from service.eventloop import loop_factory
-from service.repository import SchedulerFactory, batch_policy
+from service.loader import SchedulerFactory, batch_policy
 from service.runtime import OnnxRunner
 from service.scheduler import Runner, Scheduler
 from service.server import CnnserveServer
+from service.settings import ServerSettings
 
 T = TypeVar("T")
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -8,7 +8,6 @@ import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import grpc
 import numpy as np
@@ -16,9 +15,9 @@ import pytest
 import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
-from service import repository as repository_module
+from service.loader import VersionLoader
 from service.model import ServedModel
-from service.repository import ControlMode
+from service.settings import ControlMode
 from service.v2 import grpc_service_pb2 as pb
 from service.v2 import grpc_service_pb2_grpc as pb_grpc
 from tests.serving import EXAMPLE_MODELS, ServerThread, running_server
@@ -208,17 +207,17 @@ def test_poll_mode_loads_new_versions_and_skips_a_failed_one_until_it_changes(
     repository: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     attempts: list[tuple[str, int]] = []
-    real_load_model = repository_module.load_model
+    real_load = VersionLoader.load
 
-    def counting_load_model(model_dir: Path, version: int, *args: Any) -> ServedModel:
+    def counting_load(self: VersionLoader, model_dir: Path, version: int) -> ServedModel:
         attempts.append((model_dir.name, version))
-        return real_load_model(model_dir, version, *args)
+        return real_load(self, model_dir, version)
 
-    monkeypatch.setattr(repository_module, "load_model", counting_load_model)
+    monkeypatch.setattr(VersionLoader, "load", counting_load)
     with running_server(
         repository, model_control_mode=ControlMode.POLL.value, poll_interval_s=0.01
     ) as server:
-        repo = server.server.repository
+        repo = server.server.poller
         client = triton.InferenceServerClient(server.address)
         add_version(repository, 2)
         polls = repo.polls
@@ -228,7 +227,7 @@ def test_poll_mode_loads_new_versions_and_skips_a_failed_one_until_it_changes(
         add_version(repository, 3, b"corrupt")
         server.call(repo.poll_once())
         assert infer(client)[0] == "2"
-        failed = [row for row in repo.index() if row.version == "3"]
+        failed = [row for row in server.server.repository.index() if row.version == "3"]
         assert failed and failed[0].state == "UNAVAILABLE"
         tried = len(attempts)
         assert attempts[-1] == ("digits", 3)

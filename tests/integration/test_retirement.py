@@ -27,9 +27,10 @@ from tritonclient.utils import InferenceServerException
 from service.batcher import BatchObserver, DynamicBatcher
 from service.client import health_check
 from service.config import ModelConfig
-from service.repository import ControlMode, batch_policy
+from service.loader import batch_policy
 from service.runtime import OnnxRunner
 from service.scheduler import Scheduler
+from service.settings import ControlMode
 from tests import onnx_models
 from tests.serving import EXAMPLE_MODELS, GatedRunner, ServerThread, running_server
 

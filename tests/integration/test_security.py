@@ -12,7 +12,7 @@ import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
 from service.client import ClientError, ClientSecurity, health_check
-from service.config import TlsSettings
+from service.settings import TlsSettings
 from service.v2 import grpc_service_pb2 as pb
 from service.v2 import grpc_service_pb2_grpc as pb_grpc
 from tests.certs import Pki, make_pki

@@ -18,8 +18,8 @@ import tritonclient.grpc as triton
 import yaml
 from tritonclient.utils import InferenceServerException
 
-from service.repository import ControlMode
 from service.runtime import default_intra_op_threads
+from service.settings import ControlMode
 from tests.digits import served_session
 from tests.serving import (
     EXAMPLE_MODELS,

@@ -19,10 +19,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from export.architectures import Cnn
+from export.architectures import Cnn, describe
 from export.data import DatasetError, grouped_split
 from export.pipeline import (
     HeldOutTest,
+    Trained,
     balanced_class_weights,
     base_spec,
     default_augmentation,
@@ -60,7 +61,8 @@ def test_tuning_runs_its_budget_reproduces_its_best_and_reads_test_once(
     result = train(model, prepared.split, config, progress=None)
     # Retrained from the same seed, the best reproduces the validation loss it was chosen for.
     assert result.best_val_loss == pytest.approx(found.best_val_loss, rel=1e-3)
-    card = finish(tmp_path, "tuned", prepared, model, str(chosen), config, result, plots=False)
+    trained = Trained(model, describe(chosen), config, result)
+    card = finish(tmp_path, "tuned", prepared, trained, plots=False).card
     assert prepared.test.reads == 1
     assert card["test"]["accuracy"] > 0.9
     with pytest.raises(RuntimeError, match="already read"):

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from service.codec import (
-    TensorHeader,
     decode_infer_request,
     deserialize_bytes_tensor,
     encode_infer_response,
@@ -14,6 +13,7 @@ from service.codec import (
     serialize_bytes_tensor,
 )
 from service.errors import InvalidArgument
+from service.records import TensorHeader
 from service.v2 import grpc_service_pb2 as pb
 
 

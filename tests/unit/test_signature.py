@@ -2,10 +2,10 @@ from __future__ import annotations
 
 import pytest
 
-from service.codec import RequestedOutput, TensorHeader
 from service.config import DEFAULT_MAX_BATCH_SIZE
 from service.errors import InvalidArgument, ModelLoadError
-from service.signature import OnnxTensor, check_inputs, infer_config, select_outputs
+from service.records import OnnxTensor, RequestedOutput, TensorHeader
+from service.signature import check_inputs, infer_config, select_outputs
 
 
 def test_symbolic_batch_is_batched() -> None:

@@ -1,0 +1,207 @@
+"""The batcher's queue: pending requests, handed out to batches row by row.
+
+Rows are accounted per request (`rows`: its batch size, or 1 when requests never merge);
+a request larger than a batch is sliced over several, and one batch may carry rows of many
+requests. Expired and cancelled requests are dropped at the head before compute. Pure
+bookkeeping on the event loop: no threads, no awaits (service/batcher.py drives it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from service.errors import CnnserveError, DeadlineExceeded
+from service.scheduler import Arrays
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    max_batch_size: int  # rows per run; with merge=False only bounds the queue accounting
+    max_queue_size: int  # rows waiting (not yet handed to an instance)
+    max_queue_delay_s: float = 0.0
+    preferred_batch_sizes: tuple[int, ...] = ()
+    merge: bool = True  # False: each request runs alone, as sent (unbatched models)
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    """What one executed batch looked like; handed to the observer (metrics, tests)."""
+
+    rows: int
+    requests: int
+    queue_waits_s: tuple[float, ...]  # per request part: enqueue -> batch start
+    compute_s: float
+    failed: bool
+
+
+class BatchObserver(Protocol):
+    """Told about every executed batch and every request refused or dropped before compute
+    (metrics.ModelMetrics implements it)."""
+
+    def batch(self, record: BatchRecord) -> None: ...
+
+    def rejected(self, reason: str) -> None: ...
+
+
+# Rejection reasons (the `reason` label of cnnserve_rejections_total).
+QUEUE_FULL = "queue_full"
+TOO_LARGE = "too_large"
+DEADLINE = "deadline"
+CANCELLED = "cancelled"
+SHUTTING_DOWN = "shutting_down"
+FAILED = "failed"  # the version's dispatcher died: it refuses until it is replaced
+
+
+@dataclass(eq=False)
+class PendingRequest:
+    """One submitted request: its rows are handed out to batches in order."""
+
+    inputs: Mapping[str, npt.NDArray[np.generic]]
+    output_names: tuple[str, ...]
+    rows: int  # in the queue's accounting: the batch size, or 1 when requests never merge
+    batch_size: int  # rows as sent (what one run computes when requests never merge)
+    deadline: float | None
+    enqueued_at: float
+    future: asyncio.Future[Arrays]
+    next_row: int = 0  # rows already handed to batches
+    done_rows: int = 0
+    parts: dict[int, Arrays] = field(default_factory=dict)  # start row -> outputs
+
+    @property
+    def started(self) -> bool:
+        return self.next_row > 0
+
+    def finish_part(self, start: int, outputs: Arrays, rows: int) -> None:
+        if self.future.done():
+            return
+        self.parts[start] = outputs
+        self.done_rows += rows
+        if self.done_rows < self.rows:
+            return
+        if len(self.parts) == 1:
+            result = outputs  # the whole request in one batch: views, no copy
+        else:
+            order = sorted(self.parts)
+            result = {
+                name: np.concatenate([self.parts[s][name] for s in order])
+                for name in self.output_names
+            }
+        self.future.set_result(result)
+
+    def fail(self, error: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(error)
+
+
+@dataclass(frozen=True)
+class Slice:
+    request: PendingRequest
+    start: int
+    stop: int
+
+    @property
+    def rows(self) -> int:
+        return self.stop - self.start
+
+
+class RequestQueue:
+    """FIFO of pending requests with their rows not yet handed to a batch."""
+
+    def __init__(self, on_expired: Callable[[], None]) -> None:
+        self._queue: deque[PendingRequest] = deque()
+        self.rows = 0  # rows waiting (not yet handed to a batch)
+        self._on_expired = on_expired  # a request dropped at its deadline (counted)
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def __iter__(self) -> Iterator[PendingRequest]:
+        return iter(self._queue)
+
+    @property
+    def head(self) -> PendingRequest:
+        return self._queue[0]
+
+    def append(self, pending: PendingRequest) -> None:
+        self._queue.append(pending)
+        self.rows += pending.rows
+
+    def forget(self, pending: PendingRequest) -> None:
+        """Withdraw a request: rows already in a running batch finish and are discarded;
+        the rest never run."""
+        if pending in self._queue:
+            self._queue.remove(pending)
+            self.rows -= pending.rows - pending.next_row
+
+    def fail_all(self, error: CnnserveError) -> None:
+        waiting = list(self._queue)
+        self._queue.clear()
+        self.rows = 0
+        for pending in waiting:
+            pending.fail(error)
+
+    def _drop_dead_heads(self, now: float) -> None:
+        while self._queue:
+            head = self._queue[0]
+            if head.started:
+                return  # part of it is computing already: finish it
+            if head.future.done():  # cancelled by its client
+                pass
+            elif head.deadline is not None and now >= head.deadline:
+                head.fail(DeadlineExceeded("the request's deadline passed before compute"))
+                self._on_expired()
+            else:
+                return
+            self._queue.popleft()
+            self.rows -= head.rows
+
+    def _target_rows(self, policy: BatchPolicy) -> int:
+        target = min(self.rows, policy.max_batch_size)
+        fitting = [p for p in policy.preferred_batch_sizes if p <= target]
+        return max(fitting) if fitting else target
+
+    def form_batch(self, now: float, policy: BatchPolicy) -> list[Slice]:
+        """The next batch: live rows from the head, up to the policy's target size."""
+        self._drop_dead_heads(now)
+        if not self._queue:
+            return []
+        if not policy.merge:
+            head = self._queue.popleft()
+            self.rows -= head.rows
+            head.next_row = head.rows
+            return [Slice(head, 0, head.rows)]
+        budget = self._target_rows(policy)
+        batch: list[Slice] = []
+        while budget > 0 and self._queue:
+            head = self._queue[0]
+            if not head.started and (
+                head.future.done() or (head.deadline is not None and now >= head.deadline)
+            ):
+                self._drop_dead_heads(now)
+                continue
+            take = min(budget, head.rows - head.next_row)
+            batch.append(Slice(head, head.next_row, head.next_row + take))
+            head.next_row += take
+            budget -= take
+            self.rows -= take
+            if head.next_row == head.rows:
+                self._queue.popleft()
+        return batch
+
+
+def gather_inputs(batch: list[Slice]) -> dict[str, npt.NDArray[np.generic]]:
+    """One concatenation per input; a batch that is one whole request is passed as is."""
+    first = batch[0]
+    if len(batch) == 1 and first.start == 0 and first.stop == first.request.rows:
+        return dict(first.request.inputs)
+    return {
+        name: np.concatenate([part.request.inputs[name][part.start : part.stop] for part in batch])
+        for name in first.request.inputs
+    }

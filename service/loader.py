@@ -1,0 +1,172 @@
+"""Loading one served version from its folder: config, preprocessing splice, onnxruntime
+sessions (one per instance), warm-up, metrics and scheduler. Blocking: the registry runs
+it in a thread. The request path never imports this module (import-linter checks it): the
+registry receives a `VersionLoader` from the server's wiring."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import onnx
+
+from service.batcher import BatchObserver, BatchPolicy, DynamicBatcher
+from service.config import ModelConfig, ModelOverrides, load_model_overrides
+from service.errors import ModelLoadError
+from service.layout import CONFIG_FILE, MODEL_FILE, read_labels
+from service.metrics import Metrics
+from service.model import ServedModel
+from service.preprocess import BoundPreprocess, attach, bind, parse_preprocessing
+from service.runtime import CUDA, OnnxRunner, default_intra_op_threads
+from service.scheduler import Scheduler
+from service.signature import infer_config, onnx_signature
+from service.warmup import warm_up
+
+log = logging.getLogger(__name__)
+
+SchedulerFactory = Callable[[ModelConfig, Sequence[OnnxRunner], BatchObserver | None], Scheduler]
+
+
+def batch_policy(config: ModelConfig, *, batching: bool = True) -> BatchPolicy:
+    """The batcher's policy from a model config. batching=False (or an unbatched model):
+    every request runs alone, as sent, through the same queue and backpressure."""
+    merge = batching and config.batched
+    batching_config = config.dynamic_batching
+    return BatchPolicy(
+        max_batch_size=max(1, config.max_batch_size),
+        max_queue_size=batching_config.max_queue_size,
+        max_queue_delay_s=batching_config.max_queue_delay_us / 1e6,
+        preferred_batch_sizes=batching_config.preferred_batch_sizes,
+        merge=merge,
+    )
+
+
+def scheduler_factory(*, batching: bool = True) -> SchedulerFactory:
+    def make(
+        config: ModelConfig, runners: Sequence[OnnxRunner], observer: BatchObserver | None
+    ) -> Scheduler:
+        return DynamicBatcher(
+            runners, batch_policy(config, batching=batching), name=config.name, observer=observer
+        )
+
+    return make
+
+
+@dataclass(frozen=True)
+class PreprocessedGraph:
+    config: ModelConfig  # image input as clients send it (UINT8 pixels or BYTES)
+    preprocess: BoundPreprocess
+    graph: bytes  # the model with the preprocessing subgraph in front
+
+
+def preprocessed_graph(name: str, path: Path, overrides: ModelOverrides) -> PreprocessedGraph:
+    """Bind the `preprocessing` key to the model and splice its subgraph into the graph."""
+    assert overrides.preprocessing is not None
+    spec = parse_preprocessing(name, overrides.preprocessing)
+    try:
+        proto = onnx.load(str(path))
+    except Exception as exc:  # protobuf DecodeError, OSError, ...
+        raise ModelLoadError(f"cannot read {path.name}: {exc}") from exc
+    config = overrides.apply(infer_config(name, *onnx_signature(proto)))
+    pre = bind(name, spec, config.inputs, config.batched)
+    graph = attach(proto, pre).SerializeToString()
+    client = pre.client_spec
+    if not config.batched:  # the model's fixed batch of 1 stays in the declared shape
+        client = replace(client, dims=(1, *client.dims))
+    inputs = tuple(client if s.name == pre.input_name else s for s in config.inputs)
+    config = replace(config, inputs=inputs, encoded_inputs=(pre.input_name,))
+    return PreprocessedGraph(config, pre, graph)
+
+
+class VersionLoader:
+    """Builds a ServedModel (not started) from `<model_dir>/<version>`."""
+
+    def __init__(
+        self,
+        make_scheduler: SchedulerFactory | None = None,
+        metrics: Metrics | None = None,
+        *,
+        ort_spinning: bool = False,
+    ) -> None:
+        self._make_scheduler = make_scheduler or scheduler_factory()
+        self._metrics = metrics
+        self._ort_spinning = ort_spinning
+
+    def load(self, model_dir: Path, version: int) -> ServedModel:
+        """Blocking: read the config, build the sessions, warm up. Call from a thread."""
+        started = time.monotonic()
+        name = model_dir.name
+        overrides = load_model_overrides(name, model_dir / CONFIG_FILE)
+        path = model_dir / str(version) / MODEL_FILE
+        prepared = None
+        if overrides.preprocessing is not None:
+            prepared = preprocessed_graph(name, path, overrides)
+        runners = self._runners(path, overrides, prepared)
+        first = runners[0]
+        if prepared is None:
+            config = overrides.apply(infer_config(name, first.inputs(), first.outputs()))
+        else:
+            config = prepared.config
+        # On CUDA every batch size gets its cuDNN algorithm search at load, not on a request.
+        warmed = warm_up(runners, config, every_size=first.provider == CUDA)
+        pre = prepared.preprocess if prepared else None
+        _log_loaded(config, version, runners, warmed, pre)
+        model_metrics = self._metrics.for_model(name, str(version)) if self._metrics else None
+        return ServedModel(
+            config=config,
+            version=version,
+            runners=runners,
+            scheduler=self._make_scheduler(config, runners, model_metrics),
+            labels=read_labels(model_dir),
+            preprocess=pre,
+            metrics=model_metrics,
+            load_seconds=time.monotonic() - started,
+        )
+
+    def _runners(
+        self, path: Path, overrides: ModelOverrides, prepared: PreprocessedGraph | None
+    ) -> list[OnnxRunner]:
+        """One session per instance, each with its share of the cores: concurrent runs on
+        one shared session would contend for a single intra-op thread pool."""
+        instances = overrides.instances or 1
+        return [
+            OnnxRunner(
+                path,
+                model_bytes=prepared.graph if prepared else None,
+                device=overrides.device or "auto",
+                intra_op_threads=default_intra_op_threads(instances),
+                provider_options=overrides.provider_options,
+                spin=self._ort_spinning,
+                io_binding=overrides.io_binding,
+            )
+            for _ in range(instances)
+        ]
+
+
+def _log_loaded(
+    config: ModelConfig,
+    version: int,
+    runners: Sequence[OnnxRunner],
+    warmed: Sequence[int],
+    pre: BoundPreprocess | None,
+) -> None:
+    first = runners[0]
+    log.info(
+        "model %s version %d: provider %s (available %s), io binding %s, "
+        "%d instance(s) x %d threads, max_batch_size %d, warmed at %s, inputs %s, "
+        "preprocessing %s",
+        config.name,
+        version,
+        first.provider,
+        first.providers,
+        first.io_binding,
+        len(runners),
+        first.intra_op_threads,
+        config.max_batch_size,
+        list(warmed),
+        [(s.name, s.datatype, config.full_shape(s)) for s in config.inputs],
+        pre.spec if pre else None,
+    )

@@ -1,0 +1,57 @@
+"""Poll mode: rescan the repository folder every interval; load new models and changed
+highest versions, unload removed models. A version that failed is retried only once its
+files change. The scan runs in a thread (it lists folders and stats files)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from service.layout import Latest, scan
+from service.repository import ModelRepository
+
+log = logging.getLogger(__name__)
+
+
+class RepositoryPoller:
+    def __init__(self, repository: ModelRepository) -> None:
+        self._repository = repository
+        self.polls = 0  # completed rescans
+        self._polled = asyncio.Condition()
+
+    def _up_to_date(self, name: str, latest: Latest) -> bool:
+        """Serving exactly these files, or they already failed as they are."""
+        entry = self._repository.find(name)
+        if entry is None:
+            return False
+        serving = entry.served is not None and entry.served.version == latest.version
+        failed = entry.failures.get(latest.version)
+        return (serving and entry.stamp == latest.stamp) or (
+            failed is not None and failed[1] == latest.stamp
+        )
+
+    async def poll_once(self) -> None:
+        repository = self._repository
+        found = await asyncio.to_thread(scan, repository.root)
+        for name, latest in found.items():
+            if latest is not None and not self._up_to_date(name, latest):
+                await repository.load_logged(name)
+        for entry in repository.entries():
+            if entry.name not in found and entry.served is not None:
+                await repository.unload(entry.name, "removed from the model repository")
+        async with self._polled:
+            self.polls += 1
+            self._polled.notify_all()
+
+    async def wait_for_polls(self, count: int) -> None:
+        """Until `count` rescans have completed (for observers: tests, tools)."""
+        async with self._polled:
+            await self._polled.wait_for(lambda: self.polls >= count)
+
+    async def run(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)  # the poll period itself, not synchronisation
+            try:
+                await self.poll_once()
+            except OSError as exc:  # the repository folder vanished or is unreadable
+                log.error("model repository poll failed: %s", exc)

@@ -1,0 +1,152 @@
+"""Server settings: one schema, one set of defaults, read by the CLI and by embedders.
+
+`ServerSettings` holds every default once. `SERVE_OPTIONS` says how each setting is given
+on the command line and in the environment (`CNNSERVE_<ENV>`); `cnnserve serve` builds its
+flags from it, so a default is never written twice. A value that does not parse (flag or
+environment variable) is a usage error naming where it came from, never a traceback.
+Modes are enums: the CLI offers their values as the only choices.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import MISSING, dataclass, field, fields
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from service.errors import FailedPrecondition
+
+ENV_PREFIX = "CNNSERVE_"
+
+
+class ControlMode(StrEnum):
+    """Triton's model control modes. NONE: what loads at start serves until exit.
+    EXPLICIT: RepositoryModelLoad/Unload (tritonclient's load_model/unload_model).
+    POLL: the repository is rescanned every poll interval; new versions load by themselves."""
+
+    NONE = "none"
+    EXPLICIT = "explicit"
+    POLL = "poll"
+
+    def require_explicit(self, action: str) -> None:
+        """Load and unload RPCs are for explicit mode only, as in Triton."""
+        if self is not ControlMode.EXPLICIT:
+            raise FailedPrecondition(
+                f"cannot {action} models: model control mode is '{self.value}' "
+                "(start the server with --model-control-mode explicit)"
+            )
+
+
+class EventLoop(StrEnum):
+    AUTO = "auto"  # uvloop when installed (service/eventloop.py)
+    ASYNCIO = "asyncio"
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """Server certificate and key (PEM); with `client_ca`, clients must present a
+    certificate signed by it (mutual TLS)."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Process-wide settings (the defaults live here and nowhere else)."""
+
+    model_repository: Path = Path("models")
+    host: str = "127.0.0.1"
+    port: int = 8001
+    grace_period_s: float = 30.0
+    batching: bool = True  # False: every request runs alone, as sent (for comparison)
+    metrics_port: int | None = 8002  # Prometheus /metrics; 0 = any free port; None = off
+    event_loop: EventLoop = EventLoop.AUTO
+    ort_spinning: bool = False  # onnxruntime intra-op threads busy-wait (bench/README.md)
+    model_control_mode: ControlMode = ControlMode.NONE
+    poll_interval_s: float = 15.0  # poll mode: seconds between repository rescans
+    # gRPC limits both ways; a bigger message is refused with RESOURCE_EXHAUSTED. 64 MiB
+    # holds a batch of 64 uint8 224x224x3 images (9.6 MB) many times over.
+    max_message_bytes: int = 64 * 1024 * 1024
+    tls: TlsSettings | None = None
+    auth_token: str | None = field(default=None, repr=False)  # never logged
+
+
+def default(name: str) -> Any:
+    """The default of a ServerSettings field."""
+    found = next(f for f in fields(ServerSettings) if f.name == name)
+    assert found.default is not MISSING
+    return found.default
+
+
+def on_off(text: str) -> bool:
+    if text not in ("on", "off"):
+        raise ValueError(f"expected on or off, got {text!r}")
+    return text == "on"
+
+
+@dataclass(frozen=True)
+class Option:
+    """How one setting is given: `--<flag>` and `CNNSERVE_<ENV>`, parsed by `parse`."""
+
+    setting: str  # the ServerSettings field
+    flag: str
+    env: str
+    parse: Callable[[str], Any]
+    help: str
+    choices: tuple[str, ...] = ()
+
+    def shown(self, value: Any) -> str:
+        if isinstance(value, bool) and self.parse is on_off:
+            return "on" if value else "off"
+        return str(value)
+
+
+SERVE_OPTIONS: tuple[Option, ...] = (
+    Option("model_repository", "--model-repository", "MODEL_REPOSITORY", Path,
+           "folder of models"),
+    Option("host", "--host", "HOST", str, "bind address"),
+    Option("port", "--port", "PORT", int, "gRPC port, 0 = any free port"),
+    Option("batching", "--batching", "BATCHING", on_off,
+           "dynamic batching; off runs each request alone", ("on", "off")),
+    Option("metrics_port", "--metrics-port", "METRICS_PORT", int,
+           "Prometheus /metrics HTTP port, 0 = any free port"),
+    Option("event_loop", "--event-loop", "EVENT_LOOP", EventLoop,
+           "auto: uvloop when installed", tuple(EventLoop)),
+    Option("grace_period_s", "--grace-period", "GRACE_PERIOD", float,
+           "seconds to finish accepted requests on SIGTERM"),
+    Option("model_control_mode", "--model-control-mode", "MODEL_CONTROL_MODE", ControlMode,
+           "none: serve what loads at start; explicit: RepositoryModelLoad/Unload; "
+           "poll: rescan the repository", tuple(ControlMode)),
+    Option("poll_interval_s", "--poll-interval", "POLL_INTERVAL", float,
+           "poll mode: seconds between rescans"),
+    Option("max_message_bytes", "--max-message-bytes", "MAX_MESSAGE_BYTES", int,
+           "largest gRPC message either way"),
+)  # fmt: skip
+
+
+class SettingError(ValueError):
+    """A flag or environment value that does not parse: a usage error (exit 2)."""
+
+
+def env_value(env: str) -> str | None:
+    return os.environ.get(ENV_PREFIX + env)
+
+
+def env_default(option: Option) -> Any:
+    """The environment's value for `option` if set (parsed), else the settings default."""
+    text = env_value(option.env)
+    if text is None:
+        return default(option.setting)
+    try:
+        value = option.parse(text)
+    except ValueError as exc:
+        raise SettingError(f"{ENV_PREFIX}{option.env}={text!r}: {exc}") from None
+    if option.choices and option.shown(value) not in option.choices:
+        raise SettingError(
+            f"{ENV_PREFIX}{option.env}={text!r}: choose from {', '.join(option.choices)}"
+        )
+    return value
