@@ -1,6 +1,6 @@
 """The dynamic batcher: one per model version, in front of its onnxruntime instances.
 
-Policy (DESIGN.md, "The request path"):
+Policy (docs/architecture.md, "The request path"):
 - A batch leaves as soon as an instance is free; whatever queued while every instance was
   busy leaves together, up to `max_batch_size` rows. An idle server adds no delay.
 - `max_queue_delay_us` > 0 lets a partial batch wait up to that long for more rows;
@@ -114,10 +114,6 @@ class DynamicBatcher:
     @property
     def queued_rows(self) -> int:
         return self._queue.rows
-
-    @property
-    def queued_requests(self) -> int:
-        return len(self._queue)
 
     @property
     def busy_instances(self) -> int:

@@ -16,8 +16,6 @@ log = logging.getLogger(__name__)
 class RepositoryPoller:
     def __init__(self, repository: ModelRepository) -> None:
         self._repository = repository
-        self.polls = 0  # completed rescans
-        self._polled = asyncio.Condition()
 
     def _up_to_date(self, name: str, latest: Latest) -> bool:
         """Serving exactly these files, or they already failed as they are."""
@@ -39,14 +37,6 @@ class RepositoryPoller:
         for entry in repository.entries():
             if entry.name not in found and entry.served is not None:
                 await repository.unload(entry.name, "removed from the model repository")
-        async with self._polled:
-            self.polls += 1
-            self._polled.notify_all()
-
-    async def wait_for_polls(self, count: int) -> None:
-        """Until `count` rescans have completed (for observers: tests, tools)."""
-        async with self._polled:
-            await self._polled.wait_for(lambda: self.polls >= count)
 
     async def run(self, interval_s: float) -> None:
         while True:

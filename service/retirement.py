@@ -1,6 +1,6 @@
 """Retiring versions taken out of service: each is closed once its last request is done,
-and everything it acquired is released (DESIGN.md rule 10): onnxruntime sessions, instance
-and decode threads, metric series, and the freed heap pages."""
+and everything it acquired is released: onnxruntime sessions, instance and decode threads,
+metric series, and the freed heap pages (a reload leaves memory where it was)."""
 
 from __future__ import annotations
 

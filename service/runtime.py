@@ -133,10 +133,6 @@ class OnnxRunner:
     def device_label(self) -> str:
         return "cuda" if self.provider == CUDA else "cpu"
 
-    def session_provider_options(self) -> dict[str, dict[str, str]]:
-        options: dict[str, dict[str, str]] = self.session.get_provider_options()
-        return options
-
     def inputs(self) -> list[OnnxTensor]:
         return [OnnxTensor(a.name, a.type, tuple(a.shape)) for a in self.session.get_inputs()]
 

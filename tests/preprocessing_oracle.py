@@ -1,4 +1,4 @@
-"""The preprocessing oracle, written from DESIGN.md's formulas alone (it shares nothing with
+"""The preprocessing oracle, written from the README's formulas alone (it shares nothing with
 service/preprocess.py's graph builder, so a mistake there cannot hide in both):
 
     normalize:   x' = x * scale

@@ -79,6 +79,8 @@ def test_an_image_folder_trains_exports_quantizes_and_is_served(
     for plot in ("curves.png", "confusion.png", "examples.png", "mistakes.png"):
         assert (models / "shapes" / plot).stat().st_size > 0, plot
     assert card["plots"] == ["curves.png", "confusion.png", "examples.png", "mistakes.png"]
+    assert card["layers"][0]["layer"] == "input" and card["parameters"] > 0
+    assert "| total | |" in (models / "shapes" / "model_card.md").read_text()
     assert "| circle |" in (models / "shapes" / "model_card.md").read_text()
     config = (models / "shapes" / "config.yaml").read_text()
     assert "resize:" in config and "mode: standardize" in config

@@ -220,8 +220,9 @@ def test_poll_mode_loads_new_versions_and_skips_a_failed_one_until_it_changes(
         repo = server.server.poller
         client = triton.InferenceServerClient(server.address)
         add_version(repository, 2)
-        polls = repo.polls
-        server.call(repo.wait_for_polls(polls + 2))  # the server's own poller ran twice
+        for _ in range(10_000):  # real round trips until the server's own poller loads it
+            if infer(client)[0] == "2":
+                break
         assert infer(client)[0] == "2"
 
         add_version(repository, 3, b"corrupt")

@@ -1,4 +1,4 @@
-"""What a version acquires, its retirement releases (DESIGN.md rule 10), and a version whose
+"""What a version acquires, its retirement releases (docs/architecture.md), and a version whose
 batcher dies is taken out of service instead of hanging its clients.
 
 Through the real server and tritonclient: reloads and an unload of a model with a large
@@ -163,7 +163,7 @@ def test_a_dead_batcher_fails_its_queue_and_takes_the_version_out_of_service(
         queued = threading.Thread(target=send, args=(1,))
         queued.start()
         batcher = made[0]
-        while batcher.queued_requests < 1:  # bounded by the thread's own timeout
+        while batcher.queued_rows < 1:  # bounded by the thread's own timeout
             queued.join(timeout=0.01)
             assert queued.is_alive(), "the queued request returned before it was queued"
         DyingBatcher.kill.set()

@@ -284,7 +284,7 @@ async def test_unbatched_model_runs_each_request_alone() -> None:
     first = asyncio.create_task(submit(batcher, rows(3)))
     await runner.started.wait()
     others = [asyncio.create_task(submit(batcher, rows(2, start=i))) for i in range(3)]
-    await until(lambda: batcher.queued_requests == 3)
+    await until(lambda: batcher.queued_rows == 3)
     runner.release()
     results = await asyncio.gather(first, *others)
     assert runner.sizes == [3, 2, 2, 2]
@@ -355,7 +355,7 @@ async def test_a_dead_dispatcher_fails_the_waiting_requests_and_refuses_new_ones
     running = asyncio.create_task(submit(batcher, rows(1)))
     await runner.started.wait()
     waiting = [asyncio.create_task(submit(batcher, rows(1, start=i))) for i in range(3)]
-    await until(lambda: batcher.queued_requests == 3)
+    await until(lambda: batcher.queued_rows == 3)
 
     def broken(now: float) -> list[object]:
         raise RuntimeError("dispatcher bug")

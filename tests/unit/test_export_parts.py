@@ -10,7 +10,17 @@ import pytest
 import torch
 from PIL import Image
 
-from export.architectures import BlockSpec, Cnn, CnnSpec, ConvSpec, SpecError, layer_sizes
+from export.architectures import (
+    DIGITS_SPEC,
+    BlockSpec,
+    Cnn,
+    CnnSpec,
+    ConvSpec,
+    SpecError,
+    architecture_table,
+    describe,
+    layer_sizes,
+)
 from export.augment import DIGITS_AUGMENTATION, Augmentation, augment
 from export.data import DatasetError, Split, digits_split, load_image_folder, stratified_split
 from export.train import TrainConfig, loss_and_accuracy, train
@@ -155,3 +165,25 @@ def test_training_is_deterministic_for_a_seed() -> None:
         train(model, prepared.split, config, progress=None)
         states.append(model.state_dict())
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        DIGITS_SPEC,
+        CnnSpec(3, 32, 32, (BlockSpec((ConvSpec(16, 4, 1, 2), ConvSpec(8, 3, 2, 1, 2)), 2),),
+                (64, 32), 5, batch_norm=False, dropout=0.0),
+    ],
+)  # fmt: skip
+def test_the_architecture_table_adds_up_to_the_built_model(spec: CnnSpec) -> None:
+    table = architecture_table(spec)
+    model = Cnn(spec)
+    assert sum(row["parameters"] for row in table) == sum(p.numel() for p in model.parameters())
+    # Every conv/pool row's output size is the formula's, as the built model computes it.
+    features = model.features(torch.zeros(1, spec.in_channels, spec.height, spec.width))
+    assert [r for r in table if "pool" in r["layer"] or "conv" in r["layer"]][-1]["output"] == (
+        " x ".join(str(d) for d in features.shape[1:])
+    )
+    assert table[-1] == {"layer": "FC (logits)", "output": str(spec.classes),
+                         "parameters": table[-1]["parameters"]}  # fmt: skip
+    assert describe(spec).startswith("CNN [conv")

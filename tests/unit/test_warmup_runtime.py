@@ -105,7 +105,7 @@ def test_cuda_provider_options_reach_the_session(doubler: Path) -> None:
         runner = OnnxRunner(doubler, device="cuda", provider_options=options)
     except ModelLoadError as exc:  # GPU package present but no usable GPU
         pytest.skip(str(exc))
-    session_options = runner.session_provider_options()[CUDA]
+    session_options = runner.session.get_provider_options()[CUDA]
     for key, value in options.items():
         assert session_options[key] == value
 
