@@ -1,0 +1,77 @@
+"""`python -m bench.ab REV [--concurrency 32] [--batching on] [--rounds 6]`: this checkout
+against commit REV, interleaved, on the digits model: the before/after of a change on a
+machine whose speed drifts (each round starts a fresh server of each, alternating which
+goes first; the medians are compared). REV is checked out into a temporary git worktree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from bench.loadgen import infer_request_bytes, run_level
+from bench.run import ROOT
+
+
+def start(cwd: Path, batching: str) -> tuple[subprocess.Popen[str], str]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service", "serve", "--model-repository", str(ROOT / "models"),
+         "--port", "0", "--metrics-port", "0", "--batching", batching],
+        cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    assert process.stdout is not None
+    for line in process.stdout:
+        if line.startswith("cnnserve listening on "):
+            return process, line.split()[-1]
+    raise RuntimeError(f"the server in {cwd} did not start")
+
+
+def compare(base: Path, concurrency: int, batching: str, rounds: int) -> float:
+    payload = infer_request_bytes("digits", "image", (1, 8, 8, 1), "UINT8")
+    rates: dict[str, list[float]] = {"base": [], "this": []}
+    for index in range(rounds):
+        order = [("base", base), ("this", ROOT)]
+        for name, cwd in order if index % 2 == 0 else order[::-1]:
+            process, address = start(cwd, batching)
+            try:
+                level = asyncio.run(run_level(address, payload, concurrency, warmup_s=1.5,
+                                              duration_s=5))  # fmt: skip
+            finally:
+                process.send_signal(signal.SIGTERM)
+                process.wait(timeout=60)
+            rates[name].append(level.throughput)
+            print(f"{name}: {level.throughput:,.0f} req/s", flush=True)
+    base_median, this_median = (statistics.median(rates[k]) for k in ("base", "this"))
+    print(
+        f"c={concurrency} batching {batching}, {rounds} rounds: this/base = "
+        f"{this_median / base_median:.3f} (medians {this_median:,.0f} vs {base_median:,.0f})"
+    )
+    return this_median / base_median
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("rev")
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--batching", choices=("on", "off"), default="on")
+    parser.add_argument("--rounds", type=int, default=6)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder:
+        base = Path(folder) / "base"
+        subprocess.run(["git", "worktree", "add", "-q", "--detach", str(base), args.rev],
+                       cwd=ROOT, check=True)  # fmt: skip
+        try:
+            compare(base, args.concurrency, args.batching, args.rounds)
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=ROOT)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
