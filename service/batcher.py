@@ -12,9 +12,13 @@ Policy (docs/architecture.md, "The request path"):
   at once. Expired and cancelled requests are dropped before compute.
 - Models that cannot batch (`merge=False`) go through the same queue, one request a run.
 
-Execution happens in a thread pool owned here (one thread per instance); the event loop
-only moves references. Copies: one `np.concatenate` per input per batch (none when a batch
-is a single whole request), outputs are sliced as views.
+Dispatch is event-driven, without a dispatcher task: a new request, a finished batch or
+the end of a queue delay schedules one dispatch (`loop.call_soon`), so requests that
+arrive in the same loop turn leave together, and a batch is handed to an idle instance's
+thread (service/instances.py) with one queue put. A fault in dispatch is supervised: the
+waiting requests fail INTERNAL, the batcher refuses new ones and tells its listeners.
+Copies: one `np.concatenate` per input per batch, on the instance's thread (none when a
+batch is a single whole request); outputs are sliced as views.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import numpy as np
 import numpy.typing as npt
@@ -40,7 +44,6 @@ from service.batch_queue import (
     PendingRequest,
     RequestQueue,
     Slice,
-    gather_inputs,
 )
 from service.errors import (
     CnnserveError,
@@ -50,6 +53,7 @@ from service.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from service.instances import InstanceThread, Outputs
 from service.scheduler import Arrays, Runner
 
 # Re-exported: the batcher's public types live with its queue.
@@ -74,40 +78,44 @@ class DynamicBatcher:
         self.policy = policy
         self._name = name
         self._runners = list(runners)
-        self._idle: list[Runner] = []
+        self._instances: list[InstanceThread] = []
+        self._idle: list[InstanceThread] = []
         self._observer = observer
         self._queue = RequestQueue(on_expired=lambda: self._reject(DEADLINE))
-        self._wakeup = asyncio.Event()
-        self._dispatcher: asyncio.Task[None] | None = None
-        self._running: set[asyncio.Task[None]] = set()
-        self._executor: ThreadPoolExecutor | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._scheduled = False  # a dispatch is pending in the loop's ready queue
+        self._delay: asyncio.TimerHandle | None = None  # the end of a queue delay
+        self._started = False
         self._closing = False
+        self._drained = asyncio.Event()  # closing, nothing queued, every instance idle
         self._failure: str | None = None
         self._failure_listeners: list[Callable[[str], None]] = []
 
     # -- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._executor = ThreadPoolExecutor(
-            max_workers=len(self._runners), thread_name_prefix=f"cnnserve-{self._name}"
-        )
-        self._idle = list(self._runners)
-        self._dispatcher = asyncio.create_task(self._dispatch_loop(), name=f"batcher-{self._name}")
-        self._dispatcher.add_done_callback(self._supervise)
+        loop = self._loop = asyncio.get_running_loop()
+        self._instances = [
+            InstanceThread(runner, loop, f"cnnserve-{self._name}_{index}")
+            for index, runner in enumerate(self._runners)
+        ]
+        for instance in self._instances:
+            instance.start()
+        self._idle = list(self._instances)
+        self._started = True
 
     async def aclose(self) -> None:
-        """Stop admitting, finish every accepted request, then release the threads."""
+        """Stop admitting, finish every accepted request, then stop the instance threads."""
         self._closing = True
-        self._wakeup.set()
-        if self._dispatcher is not None:
-            # wait (not await): a dispatcher that died has already failed its requests.
-            await asyncio.wait([self._dispatcher])
-            self._dispatcher = None
-        if self._running:
-            await asyncio.gather(*self._running)
-        if self._executor is not None:
-            await asyncio.to_thread(self._executor.shutdown, wait=True)
-            self._executor = None
+        if self._started:
+            self._schedule()
+            await self._drained.wait()
+            self._started = False
+        if self._delay is not None:
+            self._delay.cancel()
+        for instance in self._instances:
+            await asyncio.to_thread(instance.stop)
+        self._instances = []
 
     # -- introspection (metrics, tests) ------------------------------------------------
 
@@ -117,7 +125,7 @@ class DynamicBatcher:
 
     @property
     def busy_instances(self) -> int:
-        return len(self._runners) - len(self._idle)
+        return len(self._instances) - len(self._idle)
 
     @property
     def queue_capacity(self) -> int:
@@ -125,39 +133,27 @@ class DynamicBatcher:
 
     @property
     def failure(self) -> str | None:
-        """Why this batcher stopped serving (its dispatcher died), or None."""
+        """Why this batcher stopped serving (its dispatch failed), or None."""
         return self._failure
 
     def add_failure_listener(self, listener: Callable[[str], None]) -> None:
-        """`listener(reason)` runs once, on the event loop, if the dispatcher dies."""
+        """`listener(reason)` runs once, on the event loop, if dispatch fails."""
         self._failure_listeners.append(listener)
 
     # -- supervision -------------------------------------------------------------------
 
-    def _supervise(self, task: asyncio.Task[None]) -> None:
-        """The dispatcher ended. After `aclose` that is the plan. Cancelled (the event loop
-        is being torn down): nothing will serve, so waiting requests are answered
-        UNAVAILABLE. Raised: a bug, and nothing will ever take a request out of the queue:
-        fail every waiting request now (one without a deadline would wait forever), refuse
-        new ones, and tell the listeners (the repository takes the version out of service)."""
-        if task.cancelled():
-            self._closing = True
-            self._fail_waiting(Unavailable(f"model '{self._name}' is shutting down"))
-            return
-        error = task.exception()
-        if error is None:
-            if self._closing:
-                return
-            error = RuntimeError("the dispatcher returned while serving")
+    def _die(self, error: BaseException) -> None:
+        """Dispatch raised: a bug, after which nothing would take a request out of the
+        queue. Fail every waiting request now (one without a deadline would wait forever),
+        refuse new ones, and tell the listeners (the registry takes the version out of
+        service). Batches already on an instance finish and answer."""
         reason = f"the batcher of model '{self._name}' stopped: {error!r}"
         self._failure = reason
         log.error("%s; failing its queued requests", reason, exc_info=error)
-        self._fail_waiting(InternalError(reason))
+        self._queue.fail_all(InternalError(reason))
         for listener in self._failure_listeners:
             listener(reason)
-
-    def _fail_waiting(self, error: CnnserveError) -> None:
-        self._queue.fail_all(error)
+        self._check_drained()
 
     # -- admission ---------------------------------------------------------------------
 
@@ -172,7 +168,7 @@ class DynamicBatcher:
         if self._failure is not None:
             self._reject(FAILED)
             raise Unavailable(f"model '{self._name}' is not ready: {self._failure}")
-        if self._dispatcher is None or self._closing:
+        if not self._started or self._closing:
             self._reject(SHUTTING_DOWN)
             raise Unavailable(f"model '{self._name}' is not accepting requests (shutting down)")
         if deadline is not None and now >= deadline:
@@ -214,7 +210,7 @@ class DynamicBatcher:
             future=loop.create_future(),
         )
         self._queue.append(pending)
-        self._wakeup.set()
+        self._schedule()
         # One timer per request with a deadline, and a plain await: resolving the future
         # wakes this coroutine directly (wait_for + shield would cost three loop hops).
         timer = None if deadline is None else loop.call_at(deadline, self._expire, pending)
@@ -249,6 +245,52 @@ class DynamicBatcher:
     def _forget(self, pending: PendingRequest) -> None:
         self._queue.forget(pending)
 
+    # -- dispatch ----------------------------------------------------------------------
+
+    def _schedule(self) -> None:
+        """One dispatch at the end of this loop turn, however many events asked for it."""
+        if not self._scheduled and self._loop is not None:
+            self._scheduled = True
+            self._loop.call_soon(self._dispatch)
+
+    def _dispatch(self) -> None:
+        self._scheduled = False
+        if self._failure is not None:
+            self._check_drained()
+            return
+        try:
+            self._launch()
+        except Exception as exc:  # supervised: see _die
+            self._die(exc)
+            return
+        self._check_drained()
+
+    def _launch(self) -> None:
+        """Hand batches to idle instances while there are both."""
+        assert self._loop is not None
+        while self._queue and self._idle:
+            now = self._loop.time()
+            wait = self._should_wait_for_more(now)
+            if wait > 0:
+                if self._delay is None:
+                    self._delay = self._loop.call_at(now + wait, self._delay_over)
+                return
+            batch = self._form_batch(now)
+            if not batch:
+                continue  # only expired or cancelled requests were at the head
+            instance = self._idle.pop()
+            names = tuple(dict.fromkeys(n for s in batch for n in s.request.output_names))
+
+            instance.run(batch, names, partial(self._finished, batch, names, now))
+
+    def _delay_over(self) -> None:
+        self._delay = None
+        self._dispatch()
+
+    def _check_drained(self) -> None:
+        if self._closing and not self._queue and len(self._idle) == len(self._instances):
+            self._drained.set()
+
     # -- batch formation ---------------------------------------------------------------
 
     def _form_batch(self, now: float) -> list[Slice]:
@@ -266,67 +308,32 @@ class DynamicBatcher:
             return 0.0
         return max(0.0, self._queue.head.enqueued_at + policy.max_queue_delay_s - now)
 
-    async def _dispatch_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            while not (self._queue and self._idle):
-                if self._closing and not self._queue:
-                    return
-                self._wakeup.clear()
-                await self._wakeup.wait()
-            now = loop.time()
-            wait = self._should_wait_for_more(now)
-            if wait > 0:
-                self._wakeup.clear()
-                try:
-                    await asyncio.wait_for(self._wakeup.wait(), wait)
-                except TimeoutError:
-                    pass
-                else:
-                    continue  # something arrived: re-evaluate before the delay is over
-                now = loop.time()
-            batch = self._form_batch(now)
-            if not batch:
-                continue
-            runner = self._idle.pop()
-            task = asyncio.create_task(self._execute(runner, batch, now))
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
-
     # -- execution ---------------------------------------------------------------------
 
-    async def _execute(self, runner: Runner, batch: list[Slice], started: float) -> None:
-        loop = asyncio.get_running_loop()
-        names = tuple(dict.fromkeys(n for s in batch for n in s.request.output_names))
-        failed = False
-        compute_s = 0.0
+    def _finished(
+        self,
+        batch: list[Slice],
+        names: tuple[str, ...],
+        started: float,
+        instance: InstanceThread,
+        outputs: Outputs | None,
+        error: BaseException | None,
+        compute_s: float,
+    ) -> None:
+        """On the loop, when an instance has run a batch: hand each request its rows."""
+        self._idle.append(instance)
+        failed = True
         try:
-            assert self._executor is not None
-            feeds = gather_inputs(batch)
-            outputs = await loop.run_in_executor(self._executor, runner.run, feeds, list(names))
-            compute_s = loop.time() - started
-            results = dict(zip(names, outputs, strict=True))
-            offset = 0
-            for part in batch:
-                if self.policy.merge:
-                    own = {
-                        n: results[n][offset : offset + part.rows]
-                        for n in part.request.output_names
-                    }
-                else:
-                    own = {n: results[n] for n in part.request.output_names}
-                part.request.finish_part(part.start, own, part.rows)
-                offset += part.rows
+            if error is not None:
+                raise error
+            assert outputs is not None
+            self._split(batch, dict(zip(names, outputs, strict=True)))
+            failed = False
         except CnnserveError as exc:
-            failed = True
             self._fail_parts(batch, exc)
         except Exception as exc:  # a fault in our code or the runner: every part learns why
-            failed = True
             log.exception("batch of %d rows failed on model %s", len(batch), self._name)
             self._fail_parts(batch, InternalError(f"batch failed: {exc}"))
-        finally:
-            self._idle.append(runner)
-            self._wakeup.set()
         if self._observer is not None:
             self._observer.batch(
                 BatchRecord(
@@ -337,6 +344,19 @@ class DynamicBatcher:
                     failed=failed,
                 )
             )
+        self._dispatch()  # this instance is free: the next batch leaves now
+
+    def _split(self, batch: list[Slice], results: Arrays) -> None:
+        offset = 0
+        for part in batch:
+            if self.policy.merge:
+                own = {
+                    n: results[n][offset : offset + part.rows] for n in part.request.output_names
+                }
+            else:
+                own = {n: results[n] for n in part.request.output_names}
+            part.request.finish_part(part.start, own, part.rows)
+            offset += part.rows
 
     def _fail_parts(self, batch: list[Slice], error: CnnserveError) -> None:
         """Every request in a failed batch gets the error as raised (the same instance: no

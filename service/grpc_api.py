@@ -11,7 +11,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import grpc
@@ -23,12 +23,13 @@ from service.codec import (
     encode_infer_response,
     set_parameter,
 )
+from service.deadlines import TIMEOUT_PARAMETER, request_deadline
 from service.errors import CnnserveError, Code, InvalidArgument, NotFound, Unavailable
-from service.metrics import UNKNOWN_MODEL, Metrics, ModelStats
+from service.grpc_stream import InferenceStream, stream_error
+from service.metrics import UNKNOWN_MODEL, Metrics
 from service.model import ServedModel
-from service.records import ParamValue
 from service.repository import ModelRepository
-from service.triton_config import model_config_message
+from service.triton_config import model_config_message, statistics_message
 from service.v2 import grpc_service_pb2 as pb
 from service.v2 import grpc_service_pb2_grpc as pb_grpc
 
@@ -40,8 +41,6 @@ Context = grpc.aio.ServicerContext[Any, Any]
 Handler = Callable[["InferenceServicer", Req, Context], Awaitable[Resp]]
 
 SERVER_NAME = "cnnserve"
-# Triton's schedule-policy extension: a per-request timeout in microseconds.
-TIMEOUT_PARAMETER = "timeout"
 EXTENSIONS: tuple[str, ...] = (
     "classification",
     "model_configuration",
@@ -54,47 +53,6 @@ EXTENSIONS: tuple[str, ...] = (
 def grpc_status(code: Code) -> grpc.StatusCode:
     """Our codes are gRPC's canonical names: the one translation, at the gRPC boundary."""
     return grpc.StatusCode[code.value]
-
-
-def request_deadline(
-    grpc_remaining_s: float | None, timeout_param: ParamValue | None, default_timeout_us: int
-) -> float | None:
-    """The earliest of the gRPC deadline, the `timeout` parameter and the model's default,
-    on the event loop's monotonic clock; None when none applies."""
-    budgets: list[float] = []
-    if grpc_remaining_s is not None:
-        budgets.append(grpc_remaining_s)
-    if timeout_param is not None:
-        if isinstance(timeout_param, bool) or not isinstance(timeout_param, int):
-            raise InvalidArgument(
-                f"parameter '{TIMEOUT_PARAMETER}' must be an int64 number of microseconds, "
-                f"got {timeout_param!r}"
-            )
-        if timeout_param < 0:
-            raise InvalidArgument(f"parameter '{TIMEOUT_PARAMETER}' must be >= 0")
-        if timeout_param > 0:
-            budgets.append(timeout_param / 1e6)
-    elif default_timeout_us > 0:
-        budgets.append(default_timeout_us / 1e6)
-    if not budgets:
-        return None
-    return asyncio.get_running_loop().time() + min(budgets)
-
-
-def statistics_message(stats: ModelStats, message: pb.ModelStatistics) -> None:
-    """Fill Triton's ModelStatistics from the same observations as the Prometheus metrics."""
-    message.last_inference = stats.last_inference_ms
-    message.inference_count = stats.inference_count
-    message.execution_count = stats.execution_count
-    totals = message.inference_stats
-    for field_name in ("success", "fail", "queue", "compute_infer"):
-        duration = getattr(stats, field_name)
-        target = getattr(totals, field_name)
-        target.count, target.ns = duration.count, duration.ns
-    for size, batch in sorted(stats.batches.items()):
-        entry = message.batch_stats.add(batch_size=size)
-        entry.compute_infer.count = batch.compute_infer.count
-        entry.compute_infer.ns = batch.compute_infer.ns
 
 
 class UndecodableRequest:
@@ -151,6 +109,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._idle = asyncio.Event()
         self._idle.set()
         self._last_arrival = 0.0  # loop time of the latest ModelInfer
+        self._streams: set[InferenceStream] = set()  # open ModelStreamInfer calls
 
     async def drain(self, timeout_s: float) -> bool:
         """Refuse new inferences with UNAVAILABLE (retryable: they never ran) and wait for
@@ -159,6 +118,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         The connections stay open meanwhile, so a load balancer in front gets a clean gRPC
         status for every request instead of a stream reset racing the server's GOAWAY."""
         self._draining = True
+        for stream in self._streams:
+            stream.drain()  # answer what was accepted, then end the stream
         try:
             await asyncio.wait_for(self._idle.wait(), timeout_s)
         except TimeoutError:
@@ -239,6 +200,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: Context
     ) -> pb.ModelInferResponse:
+        return await self._infer(request, context.time_remaining())
+
+    async def _infer(
+        self, request: pb.ModelInferRequest, time_remaining: float | None
+    ) -> pb.ModelInferResponse:
+        """One inference, unary or on a stream: lease, decode, run, encode, count."""
         started = time.monotonic()
         model: ServedModel | None = None
         rows = 0
@@ -256,7 +223,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 decoded = decode_infer_request(request, model.check_headers)
                 rows = decoded.batch_size
                 deadline = request_deadline(
-                    context.time_remaining(),
+                    time_remaining,
                     decoded.parameters.get(TIMEOUT_PARAMETER),
                     model.config.dynamic_batching.default_timeout_us,
                 )
@@ -280,6 +247,44 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             if self._in_flight == 0:
                 self._idle.set()
             self._record(model, code, rows, time.monotonic() - started)
+
+    async def ModelStreamInfer(
+        self, requests: AsyncIterator[object], context: Context
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """Triton's bidirectional stream: requests are run as they arrive (so a stream's
+        requests batch together), answers go out in request order, each with its request's
+        id; a failed request answers `error_message` and the stream goes on. On drain the
+        accepted requests are answered, then the stream ends (OK)."""
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else asyncio.get_running_loop().time() + remaining
+        stream = InferenceStream(requests, lambda request: self._stream_answer(request, deadline))
+        self._streams.add(stream)
+        try:
+            async for answer in stream.answers():
+                yield answer
+        finally:
+            self._streams.discard(stream)
+            await stream.aclose()
+
+    async def _stream_answer(
+        self, request: object, deadline: float | None
+    ) -> pb.ModelStreamInferResponse:
+        """One streamed request's answer; its failure is an error_message, never the
+        stream's (Triton's field has no status code, so the message starts with it)."""
+        request_id = ""
+        try:
+            if isinstance(request, UndecodableRequest):
+                raise InvalidArgument(f"request is not a valid protobuf message: {request.error}")
+            assert isinstance(request, pb.ModelInferRequest)
+            request_id = request.id
+            left = None if deadline is None else deadline - asyncio.get_running_loop().time()
+            response = await self._infer(request, left)
+        except CnnserveError as exc:
+            return stream_error(request_id, f"{exc.code.value}: {exc.message}")
+        except Exception as exc:  # a bug: the stream reports it and goes on
+            log.exception("internal error in ModelStreamInfer")
+            return stream_error(request_id, f"INTERNAL: internal error: {exc}")
+        return pb.ModelStreamInferResponse(infer_response=response)
 
     def _record(
         self, model: ServedModel | None, code: grpc.StatusCode, rows: int, seconds: float
@@ -368,7 +373,12 @@ def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
     for method in service.methods:
         request_type = getattr(pb, method.input_type.name)
         response_type = getattr(pb, method.output_type.name)
-        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+        make = (
+            grpc.stream_stream_rpc_method_handler
+            if method.client_streaming
+            else grpc.unary_unary_rpc_method_handler
+        )
+        handlers[method.name] = make(
             getattr(servicer, method.name),
             request_deserializer=_tolerant(request_type.FromString),
             response_serializer=response_type.SerializeToString,

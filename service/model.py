@@ -26,6 +26,7 @@ from service.records import DecodedRequest, RequestedOutput, TensorHeader
 from service.runtime import OnnxRunner
 from service.scheduler import Scheduler
 from service.signature import check_inputs, select_outputs
+from service.threads import name_os_thread
 
 CLASSIFICATION = "classification"  # Triton's output parameter: return the top k classes
 
@@ -58,7 +59,10 @@ class ServedModel:
         try:
             if self.preprocess is not None:
                 self._decoder = ThreadPoolExecutor(
-                    max_workers=os.cpu_count() or 1, thread_name_prefix=f"decode-{self.name}"
+                    max_workers=os.cpu_count() or 1,
+                    thread_name_prefix=f"decode-{self.name}",
+                    initializer=name_os_thread,
+                    initargs=("decode",),
                 )
             await self.scheduler.start()
         except BaseException:

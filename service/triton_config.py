@@ -1,4 +1,5 @@
-"""A served model's config as Triton's ModelConfig message (the ModelConfig RPC).
+"""Triton extension messages: a served model's config as Triton's ModelConfig (the ModelConfig
+RPC), and its statistics as ModelStatistics.
 
 perf_analyzer and tritonclient's `get_model_config` read this to learn max_batch_size,
 tensor shapes and the batching policy. Only the fields cnnserve has are filled.
@@ -7,7 +8,9 @@ tensor shapes and the batching policy. Only the fields cnnserve has are filled.
 from __future__ import annotations
 
 from service.layout import LABELS_FILE
+from service.metrics import ModelStats
 from service.model import ServedModel
+from service.v2 import grpc_service_pb2 as pb
 from service.v2 import model_config_pb2 as mc
 
 _DATA_TYPES = {
@@ -60,3 +63,19 @@ def model_config_message(model: ServedModel) -> mc.ModelConfig:
         policy.allow_timeout_override = True
     message.parameters["execution_provider"].string_value = model.runner.provider
     return message
+
+
+def statistics_message(stats: ModelStats, message: pb.ModelStatistics) -> None:
+    """Fill Triton's ModelStatistics from the same observations as the Prometheus metrics."""
+    message.last_inference = stats.last_inference_ms
+    message.inference_count = stats.inference_count
+    message.execution_count = stats.execution_count
+    totals = message.inference_stats
+    for field_name in ("success", "fail", "queue", "compute_infer"):
+        duration = getattr(stats, field_name)
+        target = getattr(totals, field_name)
+        target.count, target.ns = duration.count, duration.ns
+    for size, batch in sorted(stats.batches.items()):
+        entry = message.batch_stats.add(batch_size=size)
+        entry.compute_infer.count = batch.compute_infer.count
+        entry.compute_infer.ns = batch.compute_infer.ns

@@ -42,6 +42,10 @@ class GRPCInferenceServiceStub:
     ServerMetadata: _grpc.UnaryUnaryMultiCallable[_grpc_service_pb2.ServerMetadataRequest, _grpc_service_pb2.ServerMetadataResponse]
     ModelMetadata: _grpc.UnaryUnaryMultiCallable[_grpc_service_pb2.ModelMetadataRequest, _grpc_service_pb2.ModelMetadataResponse]
     ModelInfer: _grpc.UnaryUnaryMultiCallable[_grpc_service_pb2.ModelInferRequest, _grpc_service_pb2.ModelInferResponse]
+    ModelStreamInfer: _grpc.StreamStreamMultiCallable[_grpc_service_pb2.ModelInferRequest, _grpc_service_pb2.ModelStreamInferResponse]
+    """Triton extension: bidirectional streaming inference (tritonclient's start_stream /
+    async_stream_infer); each response carries its request's id.
+    """
     ModelConfig: _grpc.UnaryUnaryMultiCallable[_grpc_service_pb2.ModelConfigRequest, _grpc_service_pb2.ModelConfigResponse]
     """Triton extension: the model's configuration (read by perf_analyzer)."""
     ModelStatistics: _grpc.UnaryUnaryMultiCallable[_grpc_service_pb2.ModelStatisticsRequest, _grpc_service_pb2.ModelStatisticsResponse]
@@ -62,6 +66,10 @@ class GRPCInferenceServiceAsyncStub(GRPCInferenceServiceStub):
     ServerMetadata: _aio.UnaryUnaryMultiCallable[_grpc_service_pb2.ServerMetadataRequest, _grpc_service_pb2.ServerMetadataResponse]  # type: ignore[assignment]
     ModelMetadata: _aio.UnaryUnaryMultiCallable[_grpc_service_pb2.ModelMetadataRequest, _grpc_service_pb2.ModelMetadataResponse]  # type: ignore[assignment]
     ModelInfer: _aio.UnaryUnaryMultiCallable[_grpc_service_pb2.ModelInferRequest, _grpc_service_pb2.ModelInferResponse]  # type: ignore[assignment]
+    ModelStreamInfer: _aio.StreamStreamMultiCallable[_grpc_service_pb2.ModelInferRequest, _grpc_service_pb2.ModelStreamInferResponse]  # type: ignore[assignment]
+    """Triton extension: bidirectional streaming inference (tritonclient's start_stream /
+    async_stream_infer); each response carries its request's id.
+    """
     ModelConfig: _aio.UnaryUnaryMultiCallable[_grpc_service_pb2.ModelConfigRequest, _grpc_service_pb2.ModelConfigResponse]  # type: ignore[assignment]
     """Triton extension: the model's configuration (read by perf_analyzer)."""
     ModelStatistics: _aio.UnaryUnaryMultiCallable[_grpc_service_pb2.ModelStatisticsRequest, _grpc_service_pb2.ModelStatisticsResponse]  # type: ignore[assignment]
@@ -115,6 +123,16 @@ class GRPCInferenceServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _grpc_service_pb2.ModelInferRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_grpc_service_pb2.ModelInferResponse, _abc.Awaitable[_grpc_service_pb2.ModelInferResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ModelStreamInfer(
+        self,
+        request_iterator: _MaybeAsyncIterator[_grpc_service_pb2.ModelInferRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_grpc_service_pb2.ModelStreamInferResponse], _abc.AsyncIterator[_grpc_service_pb2.ModelStreamInferResponse]]:
+        """Triton extension: bidirectional streaming inference (tritonclient's start_stream /
+        async_stream_infer); each response carries its request's id.
+        """
 
     @_abc_1.abstractmethod
     def ModelConfig(

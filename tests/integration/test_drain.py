@@ -11,20 +11,18 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-import urllib.request
 from collections.abc import Iterator
 
 import grpc
 import numpy as np
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from service.client import health_check
 from service.v2 import grpc_service_pb2 as pb
 from service.v2 import grpc_service_pb2_grpc as pb_grpc
 from tests.digits import served_session
 from tests.serving import EXAMPLE_MODELS, REPO_ROOT
+from tests.waiting import until_queued
 
 HELD = 4  # requests in progress when the signal arrives
 
@@ -96,23 +94,6 @@ def until_not_serving(address: str) -> None:
         if health_check(address, "", 5) == "NOT_SERVING":
             return
     raise AssertionError("health never reported NOT_SERVING after SIGTERM")
-
-
-def until_queued(metrics_url: str, rows: int) -> None:
-    """Until the batcher holds `rows` rows in its queue, read from /metrics (real scrapes,
-    bounded)."""
-    depth = -1.0
-    for _ in range(2000):
-        with urllib.request.urlopen(metrics_url, timeout=10) as answer:
-            text = answer.read().decode()
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == "cnnserve_queue_depth" and sample.labels["model"] == "digits":
-                    depth = sample.value
-        if depth == rows:
-            return
-        time.sleep(0.005)  # poll interval
-    raise AssertionError(f"the queue never held {rows} rows (last read {depth})")
 
 
 def late_request_code(address: str) -> tuple[grpc.StatusCode, str]:

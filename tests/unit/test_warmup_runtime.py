@@ -13,8 +13,8 @@ import pytest
 
 from service import runtime
 from service.config import DynamicBatching, ModelConfig, TensorSpec
+from service.deadlines import request_deadline
 from service.errors import InvalidArgument, ModelLoadError
-from service.grpc_api import request_deadline
 from service.runtime import CPU, CUDA, DeviceRequest, OnnxRunner, default_intra_op_threads
 from service.warmup import warm_up, warmup_batch_sizes
 from tests import onnx_models

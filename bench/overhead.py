@@ -1,0 +1,362 @@
+"""`python -m bench.overhead`: server CPU per request, cnnserve against the Python gRPC floor.
+
+The floor (bench/floor.py) answers a fixed response without reading its input. cnnserve
+serves compute-free models (ReduceMean over the input, config-less) at three payloads, so
+what is measured is the serving path, not the model. One client for all:
+tritonclient.grpc.aio, batch-1 requests, closed loop at c=32, in this process; the server's
+CPU comes from /proc/<pid>/stat (user + system, all threads) over the measured window.
+Rounds are interleaved (floor, unary, stream; then again) and the table takes each
+target's median. Criterion: cnnserve unary <= 1.25x the floor's CPU per request at each
+payload, and streaming below unary; exits 1 otherwise. `--profile` also samples the
+cnnserve server with py-spy during one unary run per payload (per-thread CPU and the top
+frames), written to bench/out/overhead/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import tritonclient.grpc.aio as triton_aio
+from onnx import TensorProto, helper
+
+from bench.reliability import cpu_seconds
+from bench.run import OUT, ROOT
+
+FLOOR_RATIO = 1.25
+CONCURRENCY = 32
+
+
+@dataclass(frozen=True)
+class Payload:
+    name: str  # the served model's name
+    datatype: str
+    shape: tuple[int, ...]  # one request, batch 1 included
+
+    @property
+    def label(self) -> str:
+        size = int(np.prod(self.shape)) * (4 if self.datatype == "FP32" else 1)
+        return f"{self.datatype} {list(self.shape)} ({size // 1000} KB)"
+
+
+PAYLOADS = (
+    Payload("mean_fp32_small", "FP32", (1, 3, 32, 32)),
+    Payload("mean_fp32_wide", "FP32", (1, 3, 48, 192)),
+    Payload("mean_uint8_photo", "UINT8", (1, 224, 224, 3)),
+)
+
+
+def compute_free_model(payload: Payload) -> onnx.ModelProto:
+    """mean = ReduceMean(x) per row: next to nothing to compute, so the path is measured."""
+    elem = TensorProto.FLOAT if payload.datatype == "FP32" else TensorProto.UINT8
+    dims: list[int | str] = ["N", *payload.shape[1:]]
+    nodes = []
+    source = "x"
+    if payload.datatype != "FP32":
+        nodes.append(helper.make_node("Cast", ["x"], ["xf"], to=TensorProto.FLOAT))
+        source = "xf"
+    axes = list(range(1, len(payload.shape)))
+    nodes.append(helper.make_node("ReduceMean", [source], ["mean"], axes=axes, keepdims=0))
+    graph = helper.make_graph(
+        nodes,
+        payload.name,
+        [helper.make_tensor_value_info("x", elem, dims)],
+        [helper.make_tensor_value_info("mean", TensorProto.FLOAT, ["N"])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def build_repository(root: Path) -> None:
+    if root.exists():
+        shutil.rmtree(root)
+    for payload in PAYLOADS:
+        path = root / payload.name / "1" / "model.onnx"
+        path.parent.mkdir(parents=True)
+        onnx.save(compute_free_model(payload), str(path))
+
+
+class Process:
+    """A server process started with `command`, its address read from its first lines."""
+
+    def __init__(self, command: Sequence[str], marker: str) -> None:
+        self.process = subprocess.Popen(
+            list(command), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        )
+        assert self.process.stdout is not None
+        self.address = ""
+        for line in self.process.stdout:
+            if line.startswith(marker):
+                self.address = line.split()[-1]
+                break
+        if not self.address:
+            raise RuntimeError(f"{command} did not start")
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(timeout=60)
+
+
+@dataclass(frozen=True)
+class Measure:
+    requests: int
+    seconds: float
+    server_cpu_s: float
+    errors: int
+
+    @property
+    def cpu_us(self) -> float:
+        return self.server_cpu_s / max(self.requests, 1) * 1e6
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds
+
+
+def inputs_for(payload: Payload) -> list[triton_aio.InferInput]:
+    rng = np.random.default_rng(0)
+    data = (
+        rng.random(payload.shape, dtype=np.float32)
+        if payload.datatype == "FP32"
+        else rng.integers(0, 256, payload.shape, dtype=np.uint8)
+    )
+    tensor = triton_aio.InferInput("x", list(payload.shape), payload.datatype)
+    tensor.set_data_from_numpy(data)
+    return [tensor]
+
+
+async def closed_loop(
+    address: str,
+    model: str,
+    payload: Payload,
+    pid: int,
+    stream: bool,
+    warmup_s: float,
+    duration_s: float,
+) -> Measure:
+    assert address.startswith("127.")
+    client = triton_aio.InferenceServerClient(address)
+    inputs = inputs_for(payload)
+    counting = False
+    count = errors = 0
+    stop = False
+
+    async def unary_worker() -> None:
+        nonlocal count, errors
+        while not stop:
+            try:
+                await client.infer(model, inputs)
+            except Exception:
+                errors += 1
+                continue
+            count += counting
+
+    async def stream_worker() -> None:
+        nonlocal count, errors
+        ready = asyncio.Queue[dict[str, Any]]()
+
+        async def requests() -> AsyncIterator[dict[str, Any]]:
+            while True:
+                item = await ready.get()
+                if not item:
+                    return
+                yield item
+
+        ready.put_nowait({"model_name": model, "inputs": inputs})
+        responses = client.stream_infer(requests())
+        async for result, error in responses:
+            if error is not None or result is None:
+                errors += 1
+            else:
+                count += counting
+            ready.put_nowait({} if stop else {"model_name": model, "inputs": inputs})
+            if stop:
+                break
+
+    worker = stream_worker if stream else unary_worker
+    tasks = [asyncio.create_task(worker()) for _ in range(CONCURRENCY)]
+    await asyncio.sleep(warmup_s)  # bench pacing, not synchronisation
+    counting, cpu, begin = True, cpu_seconds(pid), time.perf_counter()
+    await asyncio.sleep(duration_s)
+    used, elapsed, done = cpu_seconds(pid) - cpu, time.perf_counter() - begin, count
+    stop = True
+    await asyncio.gather(*tasks)
+    await client.close()
+    return Measure(done, elapsed, used, errors)
+
+
+def profile(pid: int, seconds: float, out: Path) -> None:
+    """py-spy (when installed) on the server: thread-level top frames, as a text record."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(spy).exists():
+        print("py-spy not installed: pip install py-spy to profile", file=sys.stderr)
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [
+            spy,
+            "record",
+            "--pid",
+            str(pid),
+            "--duration",
+            str(int(seconds)),
+            "--threads",
+            "--format",
+            "raw",
+            "--output",
+            str(out),
+            "--rate",
+            "200",
+            "--nonblocking",
+        ],
+        capture_output=True,
+        timeout=seconds + 60,
+    )
+
+
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds so far by thread name (/proc/<pid>/task/*/stat, user + system)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    found: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except FileNotFoundError:
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat.rsplit(")", 1)[1].split()
+        found[name] = found.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+    return found
+
+
+def run(rounds: int, duration_s: float, with_profile: bool) -> int:
+    repository = OUT / "overhead"
+    build_repository(repository / "models")
+    serve = [
+        sys.executable,
+        "-m",
+        "service",
+        "serve",
+        "--model-repository",
+        str(repository / "models"),
+        "--port",
+        "0",
+        "--no-metrics",
+    ]
+    floor = Process([sys.executable, "-m", "bench.floor"], "floor listening on ")
+    server = Process(serve, "cnnserve listening on ")
+    results: dict[tuple[str, str], list[Measure]] = {}
+    try:
+        for _ in range(rounds):
+            for payload in PAYLOADS:
+                for target, process, stream in (
+                    ("floor", floor, False),
+                    ("unary", server, False),
+                    ("stream", server, True),
+                ):
+                    model = "floor" if target == "floor" else payload.name
+                    measure = asyncio.run(
+                        closed_loop(
+                            process.address,
+                            model,
+                            payload,
+                            process.process.pid,
+                            stream,
+                            1.0,
+                            duration_s,
+                        )
+                    )
+                    results.setdefault((payload.name, target), []).append(measure)
+                    print(
+                        f"{payload.label} {target}: {measure.cpu_us:.0f} us/req, "
+                        f"{measure.rate:,.0f} req/s, errors {measure.errors}",
+                        flush=True,
+                    )
+        if with_profile:
+            profile_server(server, repository)
+    finally:
+        floor.stop()
+        server.stop()
+    return report(results, rounds)
+
+
+def profile_server(server: Process, repository: Path) -> None:
+    for payload in PAYLOADS:
+        before = thread_cpu(server.process.pid)
+        load = subprocess.Popen(  # the same load, from a child, while py-spy samples
+            [
+                sys.executable,
+                "-c",
+                "import asyncio, sys; from bench.overhead import *; "
+                f"asyncio.run(closed_loop({server.address!r}, {payload.name!r}, "
+                f"PAYLOADS[{PAYLOADS.index(payload)}], {server.process.pid}, False, 1.0, 9.0))",
+            ],
+            cwd=ROOT,
+        )
+        profile(server.process.pid, 8, repository / f"profile-{payload.name}.txt")
+        load.wait(timeout=120)
+        after = thread_cpu(server.process.pid)
+        shares = {k: after[k] - before.get(k, 0.0) for k in after}
+        top = sorted(shares.items(), key=lambda kv: -kv[1])[:6]
+        print(
+            f"{payload.label} threads (CPU s over the profiled run): "
+            + ", ".join(f"{name} {seconds:.2f}" for name, seconds in top),
+            flush=True,
+        )
+
+
+def report(results: dict[tuple[str, str], list[Measure]], rounds: int) -> int:
+    print(
+        "\n| payload | floor: us/req (req/s) | unary: us/req (req/s) | unary / floor | "
+        "stream: us/req (req/s) | stream / unary |\n|---|---|---|---|---|---|"
+    )
+    ok = True
+    for payload in PAYLOADS:
+        cells = {}
+        for target in ("floor", "unary", "stream"):
+            runs = results[(payload.name, target)]
+            cells[target] = (
+                statistics.median(m.cpu_us for m in runs),
+                statistics.median(m.rate for m in runs),
+            )
+        unary_ratio = cells["unary"][0] / cells["floor"][0]
+        stream_ratio = cells["stream"][0] / cells["unary"][0]
+        ok = ok and unary_ratio <= FLOOR_RATIO and stream_ratio < 1.0
+        print(
+            f"| {payload.label} | {cells['floor'][0]:.0f} ({cells['floor'][1]:,.0f}) | "
+            f"{cells['unary'][0]:.0f} ({cells['unary'][1]:,.0f}) | {unary_ratio:.2f} | "
+            f"{cells['stream'][0]:.0f} ({cells['stream'][1]:,.0f}) | {stream_ratio:.2f} |"
+        )
+    print(
+        f"\nmedian of {rounds} interleaved rounds, c={CONCURRENCY}; criterion: unary <= "
+        f"{FLOOR_RATIO}x the floor, stream < unary: {'pass' if ok else 'FAIL'}"
+    )
+    return 0 if ok else 1
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=6.0, help="measured window per run")
+    parser.add_argument("--profile", action="store_true", help="py-spy the unary runs too")
+    args = parser.parse_args()
+    return run(args.rounds, args.seconds, args.profile)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    sys.exit(main())
