@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -30,8 +30,7 @@ class BatchPolicy:
     merge: bool = True  # False: each request runs alone, as sent (unbatched models)
 
 
-@dataclass(frozen=True)
-class BatchRecord:
+class BatchRecord(NamedTuple):
     """What one executed batch looked like; handed to the observer (metrics, tests)."""
 
     rows: int
@@ -59,20 +58,35 @@ SHUTTING_DOWN = "shutting_down"
 FAILED = "failed"  # the version's dispatcher died: it refuses until it is replaced
 
 
-@dataclass(eq=False)
 class PendingRequest:
-    """One submitted request: its rows are handed out to batches in order."""
+    """One submitted request: its rows are handed out to batches in order. A plain class
+    with slots: one is built per request, on the hot path."""
 
-    inputs: Mapping[str, npt.NDArray[np.generic]]
-    output_names: tuple[str, ...]
-    rows: int  # in the queue's accounting: the batch size, or 1 when requests never merge
-    batch_size: int  # rows as sent (what one run computes when requests never merge)
-    deadline: float | None
-    enqueued_at: float
-    future: asyncio.Future[Arrays]
-    next_row: int = 0  # rows already handed to batches
-    done_rows: int = 0
-    parts: dict[int, Arrays] = field(default_factory=dict)  # start row -> outputs
+    __slots__ = (
+        "batch_size", "deadline", "done_rows", "enqueued_at", "future", "inputs", "next_row",
+        "output_names", "parts", "rows",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        inputs: Mapping[str, npt.NDArray[np.generic]],
+        output_names: tuple[str, ...],
+        rows: int,  # in the queue's accounting: the batch size, or 1 when never merged
+        batch_size: int,  # rows as sent (what one run computes when requests never merge)
+        deadline: float | None,
+        enqueued_at: float,
+        future: asyncio.Future[Arrays],
+    ) -> None:
+        self.inputs = inputs
+        self.output_names = output_names
+        self.rows = rows
+        self.batch_size = batch_size
+        self.deadline = deadline
+        self.enqueued_at = enqueued_at
+        self.future = future
+        self.next_row = 0  # rows already handed to batches
+        self.done_rows = 0
+        self.parts: dict[int, Arrays] = {}  # start row -> outputs
 
     @property
     def started(self) -> bool:
@@ -100,8 +114,7 @@ class PendingRequest:
             self.future.set_exception(error)
 
 
-@dataclass(frozen=True)
-class Slice:
+class Slice(NamedTuple):
     request: PendingRequest
     start: int
     stop: int

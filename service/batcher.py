@@ -347,6 +347,10 @@ class DynamicBatcher:
         self._dispatch()  # this instance is free: the next batch leaves now
 
     def _split(self, batch: list[Slice], results: Arrays) -> None:
+        if len(batch) == 1:  # one request (or one part of it): views of the outputs as they are
+            part = batch[0]
+            part.request.finish_part(part.start, results, part.rows)
+            return
         offset = 0
         for part in batch:
             if self.policy.merge:

@@ -8,6 +8,7 @@ here (see `signature.py`): this module only checks that a tensor is self-consist
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Mapping, Sequence
 
@@ -16,7 +17,14 @@ import numpy.typing as npt
 
 from service.datatypes import DATATYPES, Datatype, from_numpy
 from service.errors import InvalidArgument
-from service.records import DecodedRequest, HeaderCheck, ParamValue, RequestedOutput, TensorHeader
+from service.records import (
+    NO_PARAMETERS,
+    DecodedRequest,
+    HeaderCheck,
+    ParamValue,
+    RequestedOutput,
+    TensorHeader,
+)
 from service.v2 import grpc_service_pb2 as pb
 
 
@@ -28,7 +36,9 @@ def parameter_value(param: pb.InferParameter) -> ParamValue:
     return value
 
 
-def parameters_to_dict(params: Mapping[str, pb.InferParameter]) -> dict[str, ParamValue]:
+def parameters_to_dict(params: Mapping[str, pb.InferParameter]) -> Mapping[str, ParamValue]:
+    if not params:  # the common case: no parameters, no dict
+        return NO_PARAMETERS
     return {key: parameter_value(value) for key, value in params.items()}
 
 
@@ -106,7 +116,7 @@ def serialize_bytes_tensor(array: npt.NDArray[np.generic]) -> bytes:
 def _decode_raw(
     name: str, dt: Datatype, shape: Sequence[int], raw: bytes
 ) -> npt.NDArray[np.generic]:
-    count = _element_count(name, shape)
+    count = math.prod(shape)  # dims are known >= 0 (read_headers)
     if dt.name == "BYTES":
         return deserialize_bytes_tensor(name, raw, count).reshape(shape)
     expected = count * dt.numpy.itemsize
@@ -172,12 +182,15 @@ def read_headers(request: pb.ModelInferRequest) -> list[TensorHeader]:
     headers: list[TensorHeader] = []
     seen: set[str] = set()
     for tensor in request.inputs:
-        if tensor.name in seen:
-            raise InvalidArgument(f"input '{tensor.name}' is given twice")
-        seen.add(tensor.name)
-        _datatype(tensor.name, tensor.datatype)
-        _element_count(tensor.name, tensor.shape)
-        headers.append(TensorHeader(tensor.name, tensor.datatype, tuple(tensor.shape)))
+        name, datatype, shape = tensor.name, tensor.datatype, tuple(tensor.shape)
+        if name in seen:
+            raise InvalidArgument(f"input '{name}' is given twice")
+        seen.add(name)
+        if datatype not in DATATYPES:
+            _datatype(name, datatype)  # raises, naming the input
+        if shape and min(shape) < 0:
+            _element_count(name, shape)  # raises, naming the input
+        headers.append(TensorHeader(name, datatype, shape))
     return headers
 
 
@@ -193,7 +206,7 @@ def decode_infer_request(
         name, shape = header.name, header.shape
         dt = DATATYPES[header.datatype]
         has_typed = tensor.HasField("contents") and tensor.contents.ByteSize() > 0
-        if raw:
+        if raw:  # the common case
             if has_typed:
                 raise InvalidArgument(
                     f"input '{name}': typed contents and raw_input_contents are mixed in one "
@@ -204,15 +217,15 @@ def decode_infer_request(
             inputs[name] = _decode_typed(name, dt, shape, tensor.contents)
         else:
             raise InvalidArgument(f"input '{name}': no contents (neither raw nor typed)")
-    outputs = tuple(
-        RequestedOutput(out.name, parameters_to_dict(out.parameters)) for out in request.outputs
+    outputs = (
+        tuple(
+            RequestedOutput(out.name, parameters_to_dict(out.parameters)) for out in request.outputs
+        )
+        if request.outputs
+        else ()
     )
     return DecodedRequest(
-        id=request.id,
-        inputs=inputs,
-        batch_size=batch_size,
-        outputs=outputs,
-        parameters=parameters_to_dict(request.parameters),
+        request.id, inputs, batch_size, outputs, parameters_to_dict(request.parameters)
     )
 
 

@@ -214,8 +214,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._idle.clear()
         self._last_arrival = asyncio.get_running_loop().time()
         try:
-            with self._repository.lease(request.model_name, request.model_version) as leased:
-                model = leased
+            # The lease (acquire/release, as `repository.lease`, without a generator context
+            # manager on the hot path): a swap or unload waits for this request.
+            model = self._repository.get(request.model_name, request.model_version)
+            model.acquire()
+            try:
                 if self._draining:  # counted like any other answer (code UNAVAILABLE)
                     raise Unavailable(
                         "the server is shutting down; send the request to another replica"
@@ -234,6 +237,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     request_id=decoded.id,
                     outputs=outputs,
                 )
+            finally:
+                model.release()
             code = grpc.StatusCode.OK
             return response
         except CnnserveError as exc:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -24,8 +24,8 @@ from service.metrics import ModelMetrics
 from service.preprocess import BoundPreprocess
 from service.records import DecodedRequest, RequestedOutput, TensorHeader
 from service.runtime import OnnxRunner
-from service.scheduler import Scheduler
-from service.signature import check_inputs, select_outputs
+from service.scheduler import Arrays, Scheduler
+from service.signature import InputCheck, select_outputs
 from service.threads import name_os_thread
 
 CLASSIFICATION = "classification"  # Triton's output parameter: return the top k classes
@@ -44,6 +44,12 @@ class ServedModel:
     _decoder: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
     _users: int = field(default=0, init=False, repr=False)
     _unused: asyncio.Event = field(default_factory=asyncio.Event, init=False, repr=False)
+    _input_check: InputCheck = field(init=False, repr=False)
+    _output_names: tuple[str, ...] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._input_check = InputCheck(self.config)
+        self._output_names = tuple(spec.name for spec in self.config.outputs)
 
     @property
     def name(self) -> str:
@@ -98,16 +104,34 @@ class ServedModel:
 
     def check_headers(self, headers: Sequence[TensorHeader]) -> int:
         """The signature check, run by the codec before payloads are decoded."""
-        return check_inputs(self.config, headers)
+        return self._input_check(headers)
 
     async def infer(
         self, request: DecodedRequest, *, deadline: float | None
     ) -> list[tuple[str, npt.NDArray[np.generic]]]:
+        if not request.outputs:  # the common case: every output, as computed
+            results = await self._submit(request, request.inputs, self._output_names, deadline)
+            return [(name, results[name]) for name in self._output_names]
         names = select_outputs(self.config, request.outputs)
         classify = {out.name: _class_count(out) for out in request.outputs}
-        inputs = dict(request.inputs)
+        results = await self._submit(request, request.inputs, names, deadline)
+        outputs: list[tuple[str, npt.NDArray[np.generic]]] = []
+        for name in names:
+            k = classify.get(name, 0)
+            outputs.append((name, self._classify(results[name], k) if k else results[name]))
+        return outputs
+
+    async def _submit(
+        self,
+        request: DecodedRequest,
+        inputs: Mapping[str, npt.NDArray[np.generic]],
+        names: tuple[str, ...],
+        deadline: float | None,
+    ) -> Arrays:
+        """Decode encoded images (in the decode threads), then queue for the scheduler."""
         pre = self.preprocess
         if pre is not None and inputs[pre.input_name].dtype == np.object_:
+            inputs = dict(inputs)
             assert self._decoder is not None
             self.scheduler.check_admission(request.batch_size, deadline)
             images = inputs[pre.input_name].reshape(-1)
@@ -118,14 +142,9 @@ class ServedModel:
             )
             if self.metrics is not None:
                 self.metrics.decoded(loop.time() - started)
-        results = await self.scheduler.submit(
+        return await self.scheduler.submit(
             inputs, names, batch_size=request.batch_size, deadline=deadline
         )
-        outputs: list[tuple[str, npt.NDArray[np.generic]]] = []
-        for name in names:
-            k = classify.get(name, 0)
-            outputs.append((name, self._classify(results[name], k) if k else results[name]))
-        return outputs
 
     def _classify(self, scores: npt.NDArray[np.generic], k: int) -> npt.NDArray[np.object_]:
         """Top k per row as BYTES "<score>:<index>[:<label>]", as Triton returns them."""

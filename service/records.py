@@ -8,22 +8,26 @@ batcher, runtime) sees nothing else, so it imports no protobuf and no protocol l
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 
 ParamValue = bool | int | float | str  # a request, input or output parameter's value
+NO_PARAMETERS: Mapping[str, ParamValue] = MappingProxyType({})
+
+# The per-request records are NamedTuples: built once per request on the hot path, where a
+# frozen dataclass's __init__ (one object.__setattr__ per field) costs measurably more.
 
 
-@dataclass(frozen=True)
-class RequestedOutput:
+class RequestedOutput(NamedTuple):
     name: str
-    parameters: Mapping[str, ParamValue] = field(default_factory=dict)
+    parameters: Mapping[str, ParamValue] = NO_PARAMETERS
 
 
-@dataclass(frozen=True)
-class TensorHeader:
+class TensorHeader(NamedTuple):
     """What a request declares about one input, before its contents are read."""
 
     name: str
@@ -36,8 +40,7 @@ class TensorHeader:
 HeaderCheck = Callable[[Sequence[TensorHeader]], int]
 
 
-@dataclass(frozen=True)
-class DecodedRequest:
+class DecodedRequest(NamedTuple):
     """An inference request whose inputs passed the model's header check and were decoded."""
 
     id: str

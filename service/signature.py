@@ -84,6 +84,42 @@ def infer_config(
     )
 
 
+class InputCheck:
+    """`check_inputs` for one model, with its signature prepared once: requests that match
+    take one pass over their headers; anything else (including encoded images) goes to
+    `check_inputs`, which names what is wrong."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        self._config = config
+        self._specs = {s.name: (s.datatype, config.full_shape(s)) for s in config.inputs}
+        self._fast = not config.encoded_inputs
+        self._batched = config.batched
+
+    def __call__(self, headers: Sequence[TensorHeader]) -> int:
+        if self._fast and len(headers) == len(self._specs):
+            batch = self._matching_batch(headers)
+            if batch:
+                return batch
+        return check_inputs(self._config, headers)
+
+    def _matching_batch(self, headers: Sequence[TensorHeader]) -> int:
+        """The batch size when every header matches its spec (names are unique: the codec
+        refused duplicates), else 0."""
+        batch = 0
+        for name, datatype, shape in headers:
+            spec = self._specs.get(name)
+            if spec is None or spec[0] != datatype or len(spec[1]) != len(shape):
+                return 0
+            for want, got in zip(spec[1], shape, strict=True):
+                if got < 1 or (want != -1 and want != got):
+                    return 0
+            rows = shape[0] if self._batched else 1
+            if batch and rows != batch:
+                return 0
+            batch = rows
+        return batch
+
+
 def check_inputs(config: ModelConfig, headers: Sequence[TensorHeader]) -> int:
     """Check declared inputs against the signature; return the batch size (1 if unbatched)."""
     by_name = {header.name: header for header in headers}
