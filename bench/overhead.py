@@ -228,8 +228,28 @@ def profile(pid: int, seconds: float, out: Path) -> None:
     )
 
 
+def summarize(raw: Path, top: int = 8) -> list[str]:
+    """py-spy's raw (collapsed) stacks -> samples per thread and the top inclusive frames of
+    our own code (service/), as lines for the report."""
+    threads: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")
+        threads[frames[0]] = threads.get(frames[0], 0) + int(count)
+        for frame in {f.split(" (")[0] for f in frames[1:] if "service/" in f}:
+            inclusive[frame] = inclusive.get(frame, 0) + int(count)
+    total = sum(threads.values()) or 1
+    lines = [f"  {name}: {100 * n / total:.0f} % of samples" for name, n in
+             sorted(threads.items(), key=lambda kv: -kv[1])[:4]]  # fmt: skip
+    lines += [f"    {100 * n / total:4.1f} % {frame}" for frame, n in
+              sorted(inclusive.items(), key=lambda kv: -kv[1])[:top]]  # fmt: skip
+    return lines
+
+
 def thread_cpu(pid: int) -> dict[str, float]:
-    """CPU seconds so far by thread name (/proc/<pid>/task/*/stat, user + system)."""
+    """CPU seconds so far by thread (/proc/<pid>/task/*/stat, user + system), keyed by the
+    OS name and id; the event loop's thread is the process's first ("main")."""
     ticks = os.sysconf("SC_CLK_TCK")
     found: dict[str, float] = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
@@ -238,8 +258,9 @@ def thread_cpu(pid: int) -> dict[str, float]:
         except FileNotFoundError:
             continue
         name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        key = "main (event loop)" if task.name == str(pid) else f"{name}[{task.name}]"
         fields = stat.rsplit(")", 1)[1].split()
-        found[name] = found.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+        found[key] = (int(fields[11]) + int(fields[12])) / ticks
     return found
 
 
@@ -307,8 +328,11 @@ def profile_server(server: Process, repository: Path) -> None:
             ],
             cwd=ROOT,
         )
-        profile(server.process.pid, 8, repository / f"profile-{payload.name}.txt")
+        raw = repository / f"profile-{payload.name}.txt"
+        profile(server.process.pid, 8, raw)
         load.wait(timeout=120)
+        if raw.exists():
+            print("\n".join(summarize(raw)), flush=True)
         after = thread_cpu(server.process.pid)
         shares = {k: after[k] - before.get(k, 0.0) for k in after}
         top = sorted(shares.items(), key=lambda kv: -kv[1])[:6]
