@@ -55,7 +55,7 @@ TOO_LARGE = "too_large"
 DEADLINE = "deadline"
 CANCELLED = "cancelled"
 SHUTTING_DOWN = "shutting_down"
-FAILED = "failed"  # the version's dispatcher died: it refuses until it is replaced
+FAILED = "failed"  # the version's dispatch failed: it refuses until it is replaced
 
 
 class PendingRequest:

@@ -334,17 +334,21 @@ class DynamicBatcher:
         except Exception as exc:  # a fault in our code or the runner: every part learns why
             log.exception("batch of %d rows failed on model %s", len(batch), self._name)
             self._fail_parts(batch, InternalError(f"batch failed: {exc}"))
-        if self._observer is not None:
-            self._observer.batch(
-                BatchRecord(
-                    rows=sum(p.rows if self.policy.merge else p.request.batch_size for p in batch),
-                    requests=len(batch),
-                    queue_waits_s=tuple(started - p.request.enqueued_at for p in batch),
-                    compute_s=compute_s,
-                    failed=failed,
+        try:
+            if self._observer is not None:
+                self._observer.batch(
+                    BatchRecord(
+                        rows=sum(
+                            p.rows if self.policy.merge else p.request.batch_size for p in batch
+                        ),
+                        requests=len(batch),
+                        queue_waits_s=tuple(started - p.request.enqueued_at for p in batch),
+                        compute_s=compute_s,
+                        failed=failed,
+                    )
                 )
-            )
-        self._dispatch()  # this instance is free: the next batch leaves now
+        finally:  # whatever the observer does, the free instance takes the next batch
+            self._dispatch()
 
     def _split(self, batch: list[Slice], results: Arrays) -> None:
         if len(batch) == 1:  # one request (or one part of it): views of the outputs as they are

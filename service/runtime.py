@@ -2,7 +2,7 @@
 
 onnxruntime falls back to the CPU silently when the CUDA provider cannot start, so the
 provider we report is always read back from the session (`get_providers()`), never the one
-we asked for. `run` is synchronous and is only ever called from an executor thread
+we asked for. `run` is synchronous and is only ever called from an instance thread
 (onnxruntime releases the GIL while it computes).
 """
 

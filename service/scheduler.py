@@ -2,7 +2,7 @@
 
 `grpc_api` only ever calls `Scheduler.submit`; the dynamic batcher (batcher.py) implements
 it, for batched and unbatched models alike, so the servicer never knows which. Execution
-happens in executor threads owned by the scheduler: the event loop never blocks on
+happens in threads owned by the scheduler: the event loop never blocks on
 onnxruntime.
 """
 

@@ -408,3 +408,22 @@ async def test_a_failed_part_of_a_split_request_withdraws_the_rest() -> None:
     assert (runner.batches[1] >= 100).all()
     assert batcher.queued_rows == 0
     await batcher.aclose()
+
+
+class FailingObserver(Recorder):
+    def batch(self, record: BatchRecord) -> None:
+        raise RuntimeError("observer bug")
+
+
+async def test_a_failing_observer_does_not_stall_the_queue() -> None:
+    runner = FakeRunner(gated=True)
+    batcher = await make([runner], FailingObserver())
+    asyncio.get_running_loop().set_exception_handler(lambda loop, context: None)
+    first = asyncio.create_task(submit(batcher, rows(1)))
+    await runner.started.wait()
+    queued = [asyncio.create_task(submit(batcher, rows(1, start=i))) for i in range(3)]
+    await until(lambda: batcher.queued_rows == 3)
+    runner.release()  # the first batch's observer raises; the queued ones still leave
+    results = await asyncio.gather(first, *queued)
+    assert len(results) == 4 and runner.sizes == [1, 3]
+    await batcher.aclose()
