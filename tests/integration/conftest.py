@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -8,7 +10,7 @@ import pytest
 
 from service.v2 import grpc_service_pb2_grpc as pb_grpc
 from tests import onnx_models
-from tests.serving import ServerThread, running_server
+from tests.serving import EXAMPLE_MODELS, REPO_ROOT, ServerThread, running_server
 
 
 @pytest.fixture(scope="module")
@@ -47,3 +49,29 @@ def awkward_server(awkward_repository: Path) -> Iterator[ServerThread]:
 def stub(example_server: ServerThread) -> Iterator[pb_grpc.GRPCInferenceServiceStub]:
     with grpc.insecure_channel(example_server.address) as channel:
         yield pb_grpc.GRPCInferenceServiceStub(channel)
+
+
+@pytest.fixture()
+def held_server() -> Iterator[tuple[subprocess.Popen[str], str, str]]:
+    """`cnnserve serve` as a process whose runs are held until a line on stdin
+    (tests/held_server.py): (process, gRPC address, metrics URL)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.held_server", str(EXAMPLE_MODELS)],
+        cwd=REPO_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    assert process.stdout is not None
+    address = metrics = ""
+    for line in process.stdout:
+        if line.startswith("cnnserve listening on "):
+            address = line.split()[-1]
+        elif line.strip().startswith("metrics on "):
+            metrics = line.split()[-1]
+            break
+    assert address and metrics, f"the server exited ({process.wait()}) before listening"
+    try:
+        yield process, address, metrics
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

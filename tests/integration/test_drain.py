@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import threading
-from collections.abc import Iterator
 
 import grpc
 import numpy as np
@@ -21,7 +19,6 @@ from service.client import health_check
 from service.v2 import grpc_service_pb2 as pb
 from service.v2 import grpc_service_pb2_grpc as pb_grpc
 from tests.digits import served_session
-from tests.serving import EXAMPLE_MODELS, REPO_ROOT
 from tests.waiting import until_queued
 
 HELD = 4  # requests in progress when the signal arrives
@@ -36,30 +33,6 @@ def request(seed: int) -> pb.ModelInferRequest:
     message.inputs.add(name="image", datatype="UINT8", shape=[1, 8, 8, 1])
     message.raw_input_contents.append(pixels(seed).tobytes())
     return message
-
-
-@pytest.fixture()
-def held_server() -> Iterator[tuple[subprocess.Popen[str], str, str]]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tests.held_server", str(EXAMPLE_MODELS)],
-        cwd=REPO_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
-    assert process.stdout is not None
-    address = metrics = ""
-    for line in process.stdout:
-        if line.startswith("cnnserve listening on "):
-            address = line.split()[-1]
-        elif line.strip().startswith("metrics on "):
-            metrics = line.split()[-1]
-            break
-    assert address and metrics, f"the server exited ({process.wait()}) before listening"
-    try:
-        yield process, address, metrics
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
 
 
 def start_held_requests(address: str) -> tuple[list[object], list[threading.Thread]]:

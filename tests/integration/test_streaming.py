@@ -7,20 +7,18 @@ from __future__ import annotations
 import queue
 import signal
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 
 import grpc
 import numpy as np
-import pytest
 import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
 from service.v2 import grpc_service_pb2 as pb
 from service.v2 import grpc_service_pb2_grpc as pb_grpc
 from tests.digits import served_session
-from tests.serving import EXAMPLE_MODELS, REPO_ROOT, GatedRunner, gated_scheduler, running_server
+from tests.serving import GatedRunner, gated_scheduler, running_server
 from tests.waiting import until_queued
 
 Answer = tuple[triton.InferResult | None, InferenceServerException | None]
@@ -112,34 +110,10 @@ def test_a_cancelled_stream_leaves_the_server_serving() -> None:
         client.close()
 
 
-@pytest.fixture()
-def held_process() -> Iterator[tuple[subprocess.Popen[str], str, str]]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tests.held_server", str(EXAMPLE_MODELS)],
-        cwd=REPO_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
-    assert process.stdout is not None
-    address = metrics = ""
-    for line in process.stdout:
-        if line.startswith("cnnserve listening on "):
-            address = line.split()[-1]
-        elif line.strip().startswith("metrics on "):
-            metrics = line.split()[-1]
-            break
-    assert address and metrics
-    try:
-        yield process, address, metrics
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-
-
 def test_a_stream_open_across_sigterm_gets_its_answers_then_ends_cleanly(
-    held_process: tuple[subprocess.Popen[str], str, str],
+    held_server: tuple[subprocess.Popen[str], str, str],
 ) -> None:
-    process, address, metrics = held_process
+    process, address, metrics = held_server
     assert process.stdout is not None and process.stdin is not None
     sent: queue.Queue[pb.ModelInferRequest | None] = queue.Queue()
 
