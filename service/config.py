@@ -8,7 +8,6 @@ silently change behaviour.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,7 +20,23 @@ from service.errors import ConfigError
 
 PLATFORM = "onnxruntime_onnx"  # Triton's platform name for the same runtime
 DEFAULT_MAX_BATCH_SIZE = 32  # for a config-less model whose batch dimension is variable
-_DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+@dataclass(frozen=True)
+class DeviceRequest:
+    """The `device` key: auto | cpu | cuda | cuda:N (the one place that reads its syntax)."""
+
+    kind: str  # "auto" | "cpu" | "cuda"
+    index: int = 0
+
+    @staticmethod
+    def parse(device: str) -> DeviceRequest:
+        if device in ("auto", "cpu", "cuda"):
+            return DeviceRequest(device)
+        kind, _, index = device.partition(":")
+        if kind != "cuda" or not index.isdigit():
+            raise ValueError(f"device '{device}' must be auto, cpu, cuda or cuda:N")
+        return DeviceRequest("cuda", int(index))
 
 
 @dataclass(frozen=True)
@@ -245,8 +260,11 @@ def parse_model_overrides(model: str, document: Mapping[str, Any]) -> ModelOverr
             f"(only '{PLATFORM}')"
         )
     device = document.get("device")
-    if device is not None and not _DEVICE_PATTERN.match(str(device)):
-        raise ConfigError(f"model '{model}': device '{device}' must be auto, cpu, cuda or cuda:N")
+    if device is not None:
+        try:
+            DeviceRequest.parse(str(device))
+        except ValueError as exc:
+            raise ConfigError(f"model '{model}': {exc}") from None
     provider_options = document.get("provider_options")
     if provider_options is not None:
         _expect(model, "provider_options", provider_options, dict)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
+from service.config import DeviceRequest
 from service.errors import InternalError, ModelLoadError
 from service.records import OnnxTensor
 
@@ -26,21 +26,6 @@ log = logging.getLogger(__name__)
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
-
-
-@dataclass(frozen=True)
-class DeviceRequest:
-    kind: str  # "auto" | "cpu" | "cuda"
-    index: int = 0
-
-    @staticmethod
-    def parse(device: str) -> DeviceRequest:
-        if device in ("auto", "cpu", "cuda"):
-            return DeviceRequest(device)
-        kind, _, index = device.partition(":")
-        if kind != "cuda" or not index.isdigit():
-            raise ModelLoadError(f"device '{device}' must be auto, cpu, cuda or cuda:N")
-        return DeviceRequest("cuda", int(index))
 
 
 def cuda_available() -> bool:
@@ -90,7 +75,10 @@ class OnnxRunner:
         io_binding: bool | None = None,
     ) -> None:
         self.path = path
-        request = DeviceRequest.parse(device)
+        try:
+            request = DeviceRequest.parse(device)
+        except ValueError as exc:
+            raise ModelLoadError(str(exc)) from None
         providers = provider_list(request, provider_options or {})
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads or default_intra_op_threads(1)

@@ -13,21 +13,11 @@ from service.model import ServedModel
 from service.v2 import grpc_service_pb2 as pb
 from service.v2 import model_config_pb2 as mc
 
-_DATA_TYPES = {
-    "BOOL": mc.TYPE_BOOL,
-    "UINT8": mc.TYPE_UINT8,
-    "UINT16": mc.TYPE_UINT16,
-    "UINT32": mc.TYPE_UINT32,
-    "UINT64": mc.TYPE_UINT64,
-    "INT8": mc.TYPE_INT8,
-    "INT16": mc.TYPE_INT16,
-    "INT32": mc.TYPE_INT32,
-    "INT64": mc.TYPE_INT64,
-    "FP16": mc.TYPE_FP16,
-    "FP32": mc.TYPE_FP32,
-    "FP64": mc.TYPE_FP64,
-    "BYTES": mc.TYPE_STRING,
-}
+
+def _triton_type(datatype: str) -> int:
+    """Triton's DataType for a v2 datatype name: the same names with TYPE_, but BYTES is
+    TYPE_STRING (derived, so the datatype table lives once, in service/datatypes.py)."""
+    return mc.DataType.Value("TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}")
 
 
 def model_config_message(model: ServedModel) -> mc.ModelConfig:
@@ -39,11 +29,11 @@ def model_config_message(model: ServedModel) -> mc.ModelConfig:
         max_batch_size=config.max_batch_size,
     )
     for spec in config.inputs:
-        message.input.add(name=spec.name, data_type=_DATA_TYPES[spec.datatype], dims=spec.dims)
+        message.input.add(name=spec.name, data_type=_triton_type(spec.datatype), dims=spec.dims)
     for spec in config.outputs:
         message.output.add(
             name=spec.name,
-            data_type=_DATA_TYPES[spec.datatype],
+            data_type=_triton_type(spec.datatype),
             dims=spec.dims,
             label_filename=LABELS_FILE if model.labels else "",
         )

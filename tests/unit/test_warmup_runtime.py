@@ -12,10 +12,10 @@ import onnxruntime as ort
 import pytest
 
 from service import runtime
-from service.config import DynamicBatching, ModelConfig, TensorSpec
+from service.config import DeviceRequest, DynamicBatching, ModelConfig, TensorSpec
 from service.deadlines import request_deadline
 from service.errors import InvalidArgument, ModelLoadError
-from service.runtime import CPU, CUDA, DeviceRequest, OnnxRunner, default_intra_op_threads
+from service.runtime import CPU, CUDA, OnnxRunner, default_intra_op_threads
 from service.warmup import warm_up, warmup_batch_sizes
 from tests import onnx_models
 
@@ -68,8 +68,10 @@ def test_warm_up_skips_variable_dims() -> None:
 def test_device_parsing() -> None:
     assert DeviceRequest.parse("cuda:1") == DeviceRequest("cuda", 1)
     assert DeviceRequest.parse("auto") == DeviceRequest("auto")
-    with pytest.raises(ModelLoadError):
+    with pytest.raises(ValueError, match="must be auto, cpu, cuda or cuda:N"):
         DeviceRequest.parse("tpu")
+    with pytest.raises(ModelLoadError, match="must be auto, cpu, cuda or cuda:N"):
+        OnnxRunner(Path("model.onnx"), device="tpu")  # the runner refuses it as a load failure
 
 
 def test_intra_op_threads_are_divided_among_instances() -> None:
