@@ -124,7 +124,15 @@ def health_check(
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     with connected(address, security, timeout_s) as channel:
-        answer = health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(service=service), timeout=timeout_s
-        )
+        try:
+            answer = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout_s
+            )
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:  # grpc's health says nothing more
+                raise ClientError(
+                    f"NOT_FOUND: the server has no health status for {service!r} (not a model "
+                    "it serves)"
+                ) from None
+            raise
     return str(health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status))

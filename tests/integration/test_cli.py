@@ -90,7 +90,7 @@ NOWHERE = "127.0.0.1:{port}"  # a loopback port that nothing listens on
         (["infer", "--model", "digits", "{missing}"], 2, "cannot read "),
         (["infer", "--model", "digits", "--top-k", "0", "{png}"], 2, "--top-k must be"),
         (["infer", "{png}"], 2, "the following arguments are required: --model"),
-        (["health", "--service", "nosuch"], 1, "NOT_FOUND"),
+        (["health", "--service", "nosuch"], 1, "NOT_FOUND: the server has no health status"),
         (["health", "--url", NOWHERE, "--timeout", "1"], 1, "cannot reach 127.0.0.1:"),
         (["health", "--timeout", "soon"], 2, "invalid float value"),
     ],
