@@ -115,7 +115,7 @@ class DynamicBatcher:
             self._delay.cancel()
         for instance in self._instances:
             await asyncio.to_thread(instance.stop)
-        self._instances = []
+        self._instances, self._idle = [], []
 
     # -- introspection (metrics, tests) ------------------------------------------------
 
