@@ -218,3 +218,20 @@ def gather_inputs(batch: list[Slice]) -> dict[str, npt.NDArray[np.generic]]:
         name: np.concatenate([part.request.inputs[name][part.start : part.stop] for part in batch])
         for name in first.request.inputs
     }
+
+
+def hand_out(batch: list[Slice], results: Arrays, *, merge: bool) -> None:
+    """Each request of an executed batch gets its rows of the outputs (views, no copy)."""
+    if len(batch) == 1:  # one request (or one part of it): the outputs as they are
+        part = batch[0]
+        part.request.finish_part(part.start, results, part.rows)
+        return
+    offset = 0
+    for part in batch:
+        names = part.request.output_names
+        if merge:
+            own = {n: results[n][offset : offset + part.rows] for n in names}
+        else:
+            own = {n: results[n] for n in names}
+        part.request.finish_part(part.start, own, part.rows)
+        offset += part.rows

@@ -44,6 +44,7 @@ from service.batch_queue import (
     PendingRequest,
     RequestQueue,
     Slice,
+    hand_out,
 )
 from service.errors import (
     CnnserveError,
@@ -60,6 +61,9 @@ from service.scheduler import Arrays, Runner
 __all__ = ["BatchObserver", "BatchPolicy", "BatchRecord", "DynamicBatcher"]
 
 log = logging.getLogger(__name__)
+
+# "Under load": an instance finished a batch this recently (see _hold_one_turn).
+HOLD_AFTER_BUSY_S = 0.001
 
 
 class DynamicBatcher:
@@ -84,6 +88,8 @@ class DynamicBatcher:
         self._queue = RequestQueue(on_expired=lambda: self._reject(DEADLINE))
         self._loop: asyncio.AbstractEventLoop | None = None
         self._scheduled = False  # a dispatch is pending in the loop's ready queue
+        self._held_turn = False  # this partial batch already waited one loop turn
+        self._last_done = float("-inf")  # loop time an instance last finished a batch
         self._delay: asyncio.TimerHandle | None = None  # the end of a queue delay
         self._started = False
         self._closing = False
@@ -255,6 +261,8 @@ class DynamicBatcher:
 
     def _dispatch(self) -> None:
         self._scheduled = False
+        if self._hold_one_turn():
+            return
         if self._failure is not None:
             self._check_drained()
             return
@@ -264,6 +272,23 @@ class DynamicBatcher:
             self._die(exc)
             return
         self._check_drained()
+
+    def _hold_one_turn(self) -> bool:
+        """Under load (an instance finished a batch within the last millisecond), a partial
+        batch waits one more loop turn: the requests whose events are already in that turn
+        join it. Measured at c=32 on a compute-free model: 2.0 -> 3.0 requests a batch and
+        about 10 % less server CPU per request (bench/README.md); when idle, nothing waits."""
+        loop = self._loop
+        if self._held_turn or loop is None or not (self._queue and self._idle):
+            self._held_turn = False
+            return False
+        if self._closing or self._queue.rows >= self.policy.max_batch_size:
+            return False
+        if loop.time() - self._last_done >= HOLD_AFTER_BUSY_S:
+            return False
+        self._held_turn = self._scheduled = True
+        loop.call_soon(self._dispatch)
+        return True
 
     def _launch(self) -> None:
         """Hand batches to idle instances while there are both."""
@@ -322,12 +347,14 @@ class DynamicBatcher:
     ) -> None:
         """On the loop, when an instance has run a batch: hand each request its rows."""
         self._idle.append(instance)
+        assert self._loop is not None
+        self._last_done = self._loop.time()
         failed = True
         try:
             if error is not None:
                 raise error
             assert outputs is not None
-            self._split(batch, dict(zip(names, outputs, strict=True)))
+            hand_out(batch, dict(zip(names, outputs, strict=True)), merge=self.policy.merge)
             failed = False
         except CnnserveError as exc:
             self._fail_parts(batch, exc)
@@ -349,22 +376,6 @@ class DynamicBatcher:
                 )
         finally:  # whatever the observer does, the free instance takes the next batch
             self._dispatch()
-
-    def _split(self, batch: list[Slice], results: Arrays) -> None:
-        if len(batch) == 1:  # one request (or one part of it): views of the outputs as they are
-            part = batch[0]
-            part.request.finish_part(part.start, results, part.rows)
-            return
-        offset = 0
-        for part in batch:
-            if self.policy.merge:
-                own = {
-                    n: results[n][offset : offset + part.rows] for n in part.request.output_names
-                }
-            else:
-                own = {n: results[n] for n in part.request.output_names}
-            part.request.finish_part(part.start, own, part.rows)
-            offset += part.rows
 
     def _fail_parts(self, batch: list[Slice], error: CnnserveError) -> None:
         """Every request in a failed batch gets the error as raised (the same instance: no

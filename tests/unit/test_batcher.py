@@ -15,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from service import batcher as batcher_module
 from service.batcher import BatchPolicy, BatchRecord, DynamicBatcher
 from service.errors import (
     DeadlineExceeded,
@@ -426,4 +427,28 @@ async def test_a_failing_observer_does_not_stall_the_queue() -> None:
     runner.release()  # the first batch's observer raises; the queued ones still leave
     results = await asyncio.gather(first, *queued)
     assert len(results) == 4 and runner.sizes == [1, 3]
+    await batcher.aclose()
+
+
+async def test_under_load_a_partial_batch_waits_one_loop_turn_and_never_when_idle(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # "Under load" = a batch finished within the window; an hour here, so the test does not
+    # depend on how fast this machine runs the first batch.
+    monkeypatch.setattr(batcher_module, "HOLD_AFTER_BUSY_S", 3600.0)
+    runner = FakeRunner()
+    batcher = await make([runner], max_batch_size=8)
+    loop = asyncio.get_running_loop()
+
+    async def b_then_c_one_turn_later() -> None:
+        first = asyncio.create_task(submit(batcher, rows(1, start=10)))
+        later: list[asyncio.Task[object]] = []
+        loop.call_soon(lambda: later.append(asyncio.create_task(submit(batcher, rows(1)))))
+        await first
+        await asyncio.gather(*later)
+
+    await b_then_c_one_turn_later()  # idle (no batch finished yet): B leaves alone at once
+    assert runner.sizes == [1, 1]
+    await b_then_c_one_turn_later()  # a batch finished just now: B waits one turn for C
+    assert runner.sizes == [1, 1, 2]
     await batcher.aclose()
