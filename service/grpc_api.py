@@ -214,8 +214,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._idle.clear()
         self._last_arrival = asyncio.get_running_loop().time()
         try:
-            # The lease (acquire/release, as `repository.lease`, without a generator context
-            # manager on the hot path): a swap or unload waits for this request.
+            # The lease: a swap or unload of this version waits for this request.
             model = self._repository.get(request.model_name, request.model_version)
             model.acquire()
             try:
@@ -263,6 +262,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         remaining = context.time_remaining()
         deadline = None if remaining is None else asyncio.get_running_loop().time() + remaining
         stream = InferenceStream(requests, lambda request: self._stream_answer(request, deadline))
+        if self._draining:  # opened during a drain: it ends at once, as new calls are refused
+            stream.drain()
         self._streams.add(stream)
         try:
             async for answer in stream.answers():

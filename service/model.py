@@ -78,7 +78,7 @@ class ServedModel:
             raise
 
     def acquire(self) -> None:
-        """A request starts using this version (see ModelRepository.lease)."""
+        """A request starts using this version: its retirement waits for the release."""
         self._users += 1
         self._unused.clear()
 

@@ -20,13 +20,7 @@ class RepositoryPoller:
     def _up_to_date(self, name: str, latest: Latest) -> bool:
         """Serving exactly these files, or they already failed as they are."""
         entry = self._repository.find(name)
-        if entry is None:
-            return False
-        serving = entry.served is not None and entry.served.version == latest.version
-        failed = entry.failures.get(latest.version)
-        return (serving and entry.stamp == latest.stamp) or (
-            failed is not None and failed[1] == latest.stamp
-        )
+        return entry is not None and (entry.serves(latest) or entry.failed_as(latest))
 
     async def poll_once(self) -> None:
         repository = self._repository

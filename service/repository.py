@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -19,6 +18,7 @@ from service.errors import CnnserveError, ModelLoadError, NotFound, Unavailable
 from service.layout import (
     MODEL_FILE,
     FileStamp,
+    Latest,
     check_model_name,
     latest_version,
     model_folder,
@@ -52,6 +52,18 @@ class ModelEntry:
     @property
     def state(self) -> ModelState:
         return ModelState.READY if self.served is not None else ModelState.UNAVAILABLE
+
+    def serves(self, latest: Latest) -> bool:
+        """Already serving exactly these files."""
+        served = self.served
+        return (
+            served is not None and served.version == latest.version and self.stamp == latest.stamp
+        )
+
+    def failed_as(self, latest: Latest) -> bool:
+        """These very files already failed to load (retried once they change)."""
+        failed = self.failures.get(latest.version)
+        return failed is not None and failed[1] == latest.stamp
 
 
 @dataclass(frozen=True)
@@ -109,9 +121,8 @@ class ModelRepository:
                 entry.reason = f"no version folder with {MODEL_FILE} under {model_dir}"
                 raise ModelLoadError(f"model {name} not loaded: {entry.reason}")
             served = entry.served
-            same = served is not None and served.version == latest.version
-            if same and entry.stamp == latest.stamp:
-                return  # already serving exactly these files
+            if entry.serves(latest):
+                return
             try:
                 fresh = await asyncio.to_thread(self._load_version, model_dir, latest.version)
                 await fresh.start()
@@ -217,17 +228,6 @@ class ModelRepository:
                 f"{served.version})"
             )
         return served
-
-    @contextmanager
-    def lease(self, name: str, version: str = "") -> Iterator[ServedModel]:
-        """The served model, held until the block ends: a swap or unload meanwhile waits
-        for this request before closing the version it runs on."""
-        served = self.get(name, version)
-        served.acquire()
-        try:
-            yield served
-        finally:
-            served.release()
 
     def is_ready(self, name: str, version: str = "") -> bool:
         try:

@@ -145,8 +145,4 @@ def env_default(option: Option) -> Any:
         value = option.parse(text)
     except ValueError as exc:
         raise SettingError(f"{ENV_PREFIX}{option.env}={text!r}: {exc}") from None
-    if option.choices and option.shown(value) not in option.choices:
-        raise SettingError(
-            f"{ENV_PREFIX}{option.env}={text!r}: choose from {', '.join(option.choices)}"
-        )
     return value

@@ -158,3 +158,20 @@ def test_a_stream_open_across_sigterm_gets_its_answers_then_ends_cleanly(
         assert response.error_message == ""
         got = np.frombuffer(response.infer_response.raw_output_contents[0], np.float32)
         np.testing.assert_array_equal(got, expected(seed).reshape(-1))
+
+
+def test_a_stream_opened_during_a_drain_ends_at_once() -> None:
+    with running_server() as server:
+        servicer = server.server._servicer
+        assert servicer is not None
+        assert server.call(servicer.drain(5.0))  # nothing in flight: drained at once
+        request = pb.ModelInferRequest(model_name="digits", id="late")
+        request.inputs.add(name="image", datatype="UINT8", shape=[1, 8, 8, 1])
+        request.raw_input_contents.append(pixels(1).tobytes())
+        with grpc.insecure_channel(server.address) as channel:
+            stream = pb_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer(
+                iter([request]), timeout=60
+            )
+            answers = list(stream)  # ends without waiting for the client's side
+            assert stream.code() == grpc.StatusCode.OK
+        assert answers == []
