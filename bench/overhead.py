@@ -22,6 +22,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -93,9 +94,9 @@ def build_repository(root: Path) -> None:
 class Process:
     """A server process started with `command`, its address read from its first lines."""
 
-    def __init__(self, command: Sequence[str], marker: str) -> None:
+    def __init__(self, command: Sequence[str], marker: str, cwd: Path = ROOT) -> None:
         self.process = subprocess.Popen(
-            list(command), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+            list(command), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
         )
         assert self.process.stdout is not None
         self.address = ""
@@ -264,7 +265,7 @@ def thread_cpu(pid: int) -> dict[str, float]:
     return found
 
 
-def run(rounds: int, duration_s: float, with_profile: bool) -> int:
+def run(rounds: int, duration_s: float, with_profile: bool, base: Path | None = None) -> int:
     repository = OUT / "overhead"
     build_repository(repository / "models")
     serve = [
@@ -280,15 +281,16 @@ def run(rounds: int, duration_s: float, with_profile: bool) -> int:
     ]
     floor = Process([sys.executable, "-m", "bench.floor"], "floor listening on ")
     server = Process(serve, "cnnserve listening on ")
+    # --base: the same unary runs against another commit's server, for a before/after
+    before = Process(serve, "cnnserve listening on ", cwd=base) if base is not None else None
+    targets = [("floor", floor, False), ("unary", server, False), ("stream", server, True)]
+    if before is not None:
+        targets.append(("base unary", before, False))
     results: dict[tuple[str, str], list[Measure]] = {}
     try:
         for _ in range(rounds):
             for payload in PAYLOADS:
-                for target, process, stream in (
-                    ("floor", floor, False),
-                    ("unary", server, False),
-                    ("stream", server, True),
-                ):
+                for target, process, stream in targets:
                     model = "floor" if target == "floor" else payload.name
                     measure = asyncio.run(
                         closed_loop(
@@ -312,6 +314,8 @@ def run(rounds: int, duration_s: float, with_profile: bool) -> int:
     finally:
         floor.stop()
         server.stop()
+        if before is not None:
+            before.stop()
     return report(results, rounds)
 
 
@@ -365,6 +369,13 @@ def report(results: dict[tuple[str, str], list[Measure]], rounds: int) -> int:
             f"{cells['unary'][0]:.0f} ({cells['unary'][1]:,.0f}) | {unary_ratio:.2f} | "
             f"{cells['stream'][0]:.0f} ({cells['stream'][1]:,.0f}) | {stream_ratio:.2f} |"
         )
+    for payload in PAYLOADS:
+        base_runs = results.get((payload.name, "base unary"))
+        if base_runs:
+            base_us = statistics.median(m.cpu_us for m in base_runs)
+            this_us = statistics.median(m.cpu_us for m in results[(payload.name, "unary")])
+            print(f"{payload.label}: unary this / base = {this_us / base_us:.2f} "
+                  f"({this_us:.0f} vs {base_us:.0f} us/req)")  # fmt: skip
     print(
         f"\nmedian of {rounds} interleaved rounds, c={CONCURRENCY}; criterion: unary <= "
         f"{FLOOR_RATIO}x the floor, stream < unary: {'pass' if ok else 'FAIL'}"
@@ -377,8 +388,20 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=6.0, help="measured window per run")
     parser.add_argument("--profile", action="store_true", help="py-spy the unary runs too")
+    parser.add_argument(
+        "--base", metavar="REV", help="also measure unary on commit REV (a git worktree)"
+    )
     args = parser.parse_args()
-    return run(args.rounds, args.seconds, args.profile)
+    if args.base is None:
+        return run(args.rounds, args.seconds, args.profile)
+    with tempfile.TemporaryDirectory() as folder:
+        base = Path(folder) / "base"
+        subprocess.run(["git", "worktree", "add", "-q", "--detach", str(base), args.base],
+                       cwd=ROOT, check=True)  # fmt: skip
+        try:
+            return run(args.rounds, args.seconds, args.profile, base)
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=ROOT)
 
 
 if __name__ == "__main__":
