@@ -310,7 +310,8 @@ def run(rounds: int, duration_s: float, with_profile: bool, base: Path | None = 
                         flush=True,
                     )
         if with_profile:
-            profile_server(server, repository)
+            profile_server(floor, repository, "floor", floor=True)
+            profile_server(server, repository, "cnnserve")
     finally:
         floor.stop()
         server.stop()
@@ -319,32 +320,43 @@ def run(rounds: int, duration_s: float, with_profile: bool, base: Path | None = 
     return report(results, rounds)
 
 
-def profile_server(server: Process, repository: Path) -> None:
+def profile_server(server: Process, repository: Path, label: str, floor: bool = False) -> None:
+    """Per-thread CPU per request (and, for cnnserve, py-spy's top frames) under the same
+    unary load, from a child process."""
     for payload in PAYLOADS:
-        before = thread_cpu(server.process.pid)
+        model = "floor" if floor else payload.name
         load = subprocess.Popen(  # the same load, from a child, while py-spy samples
             [
                 sys.executable,
                 "-c",
                 "import asyncio, sys; from bench.overhead import *; "
-                f"asyncio.run(closed_loop({server.address!r}, {payload.name!r}, "
-                f"PAYLOADS[{PAYLOADS.index(payload)}], {server.process.pid}, False, 1.0, 9.0))",
+                f"m = asyncio.run(closed_loop({server.address!r}, {model!r}, "
+                f"PAYLOADS[{PAYLOADS.index(payload)}], {server.process.pid}, False, 1.0, 9.0)); "
+                "print(m.rate)",
             ],
             cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
         )
-        raw = repository / f"profile-{payload.name}.txt"
-        profile(server.process.pid, 8, raw)
-        load.wait(timeout=120)
-        if raw.exists():
-            print("\n".join(summarize(raw)), flush=True)
-        after = thread_cpu(server.process.pid)
+        time.sleep(1.0)  # past the child's warm-up (pacing, not synchronisation)
+        before, started = thread_cpu(server.process.pid), time.perf_counter()
+        raw = repository / f"profile-{label}-{payload.name}.txt"
+        if floor:
+            time.sleep(8.0)  # the measured window (pacing)
+        else:
+            profile(server.process.pid, 8, raw)
+        after, seconds = thread_cpu(server.process.pid), time.perf_counter() - started
+        out, _ = load.communicate(timeout=120)
+        requests = float(out.split()[-1]) * seconds
         shares = {k: after[k] - before.get(k, 0.0) for k in after}
         top = sorted(shares.items(), key=lambda kv: -kv[1])[:6]
         print(
-            f"{payload.label} threads (CPU s over the profiled run): "
-            + ", ".join(f"{name} {seconds:.2f}" for name, seconds in top),
+            f"{label}, {payload.label}: CPU per request by thread: "
+            + ", ".join(f"{name} {cpu / requests * 1e6:.0f} us" for name, cpu in top),
             flush=True,
         )
+        if raw.exists() and not floor:
+            print("\n".join(summarize(raw)), flush=True)
 
 
 def report(results: dict[tuple[str, str], list[Measure]], rounds: int) -> int:

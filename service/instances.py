@@ -2,7 +2,7 @@
 
 A batch is handed over with one queue put; its result comes back to the event loop with
 one `call_soon_threadsafe`. That is the whole hand-off: no concurrent.futures.Future, no
-chained asyncio future, no task per batch (measured, bench/README.md "Overhead"). The
+chained asyncio future, no task per batch (bench/README.md, "Serving cost per request"). The
 inputs are gathered (one concatenation per input) on the instance's thread, off the loop.
 """
 

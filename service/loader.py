@@ -115,11 +115,17 @@ class VersionLoader:
         pre = prepared.preprocess if prepared else None
         _log_loaded(config, version, runners, warmed, pre)
         model_metrics = self._metrics.for_model(name, str(version)) if self._metrics else None
+        try:
+            scheduler = self._make_scheduler(config, runners, model_metrics)
+        except BaseException:
+            if model_metrics is not None:  # the series it created go with the failed load
+                model_metrics.release()
+            raise
         return ServedModel(
             config=config,
             version=version,
             runners=runners,
-            scheduler=self._make_scheduler(config, runners, model_metrics),
+            scheduler=scheduler,
             labels=read_labels(model_dir),
             preprocess=pre,
             metrics=model_metrics,

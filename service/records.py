@@ -19,7 +19,7 @@ ParamValue = bool | int | float | str  # a request, input or output parameter's 
 NO_PARAMETERS: Mapping[str, ParamValue] = MappingProxyType({})
 
 # The per-request records are NamedTuples: built once per request on the hot path, where a
-# frozen dataclass's __init__ (one object.__setattr__ per field) costs measurably more.
+# frozen dataclass's __init__ pays one object.__setattr__ per field.
 
 
 class RequestedOutput(NamedTuple):
