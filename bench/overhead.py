@@ -148,6 +148,7 @@ async def closed_loop(
     stream: bool,
     warmup_s: float,
     duration_s: float,
+    concurrency: int = CONCURRENCY,
 ) -> Measure:
     assert address.startswith("127.")
     client = triton_aio.InferenceServerClient(address)
@@ -189,7 +190,7 @@ async def closed_loop(
                 break
 
     worker = stream_worker if stream else unary_worker
-    tasks = [asyncio.create_task(worker()) for _ in range(CONCURRENCY)]
+    tasks = [asyncio.create_task(worker()) for _ in range(concurrency)]
     await asyncio.sleep(warmup_s)  # bench pacing, not synchronisation
     counting, cpu, begin = True, cpu_seconds(pid), time.perf_counter()
     await asyncio.sleep(duration_s)
@@ -265,7 +266,13 @@ def thread_cpu(pid: int) -> dict[str, float]:
     return found
 
 
-def run(rounds: int, duration_s: float, with_profile: bool, base: Path | None = None) -> int:
+def run(
+    rounds: int,
+    duration_s: float,
+    with_profile: bool,
+    base: Path | None = None,
+    concurrency: int = CONCURRENCY,
+) -> int:
     repository = OUT / "overhead"
     build_repository(repository / "models")
     serve = [
@@ -301,6 +308,7 @@ def run(rounds: int, duration_s: float, with_profile: bool, base: Path | None = 
                             stream,
                             1.0,
                             duration_s,
+                            concurrency,
                         )
                     )
                     results.setdefault((payload.name, target), []).append(measure)
@@ -317,7 +325,7 @@ def run(rounds: int, duration_s: float, with_profile: bool, base: Path | None = 
         server.stop()
         if before is not None:
             before.stop()
-    return report(results, rounds)
+    return report(results, rounds, concurrency)
 
 
 def profile_server(server: Process, repository: Path, label: str, floor: bool = False) -> None:
@@ -359,7 +367,9 @@ def profile_server(server: Process, repository: Path, label: str, floor: bool = 
             print("\n".join(summarize(raw)), flush=True)
 
 
-def report(results: dict[tuple[str, str], list[Measure]], rounds: int) -> int:
+def report(
+    results: dict[tuple[str, str], list[Measure]], rounds: int, concurrency: int = CONCURRENCY
+) -> int:
     print(
         "\n| payload | floor: us/req (req/s) | unary: us/req (req/s) | unary / floor | "
         "stream: us/req (req/s) | stream / unary |\n|---|---|---|---|---|---|"
@@ -389,7 +399,7 @@ def report(results: dict[tuple[str, str], list[Measure]], rounds: int) -> int:
             print(f"{payload.label}: unary this / base = {this_us / base_us:.2f} "
                   f"({this_us:.0f} vs {base_us:.0f} us/req)")  # fmt: skip
     print(
-        f"\nmedian of {rounds} interleaved rounds, c={CONCURRENCY}; criterion: unary <= "
+        f"\nmedian of {rounds} interleaved rounds, c={concurrency}; criterion: unary <= "
         f"{FLOOR_RATIO}x the floor, stream < unary: {'pass' if ok else 'FAIL'}"
     )
     return 0 if ok else 1
@@ -403,15 +413,21 @@ def main() -> int:
     parser.add_argument(
         "--base", metavar="REV", help="also measure unary on commit REV (a git worktree)"
     )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=CONCURRENCY,
+        help="requests in flight (the criterion is stated at the default)",
+    )
     args = parser.parse_args()
     if args.base is None:
-        return run(args.rounds, args.seconds, args.profile)
+        return run(args.rounds, args.seconds, args.profile, concurrency=args.concurrency)
     with tempfile.TemporaryDirectory() as folder:
         base = Path(folder) / "base"
         subprocess.run(["git", "worktree", "add", "-q", "--detach", str(base), args.base],
                        cwd=ROOT, check=True)  # fmt: skip
         try:
-            return run(args.rounds, args.seconds, args.profile, base)
+            return run(args.rounds, args.seconds, args.profile, base, args.concurrency)
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=ROOT)
 

@@ -54,7 +54,7 @@ from service.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from service.instances import InstanceThread, Outputs
+from service.instances import INLINE_BELOW_S, InstanceThread, Outputs
 from service.scheduler import Arrays, Runner
 
 # Re-exported: the batcher's public types live with its queue.
@@ -76,6 +76,7 @@ class DynamicBatcher:
         *,
         name: str = "model",
         observer: BatchObserver | None = None,
+        inline_below_s: float = INLINE_BELOW_S,
     ) -> None:
         if not runners:
             raise ValueError("a batcher needs at least one runner")
@@ -85,6 +86,7 @@ class DynamicBatcher:
         self._instances: list[InstanceThread] = []
         self._idle: list[InstanceThread] = []
         self._observer = observer
+        self._inline_below_s = inline_below_s  # see service/instances.py
         self._queue = RequestQueue(on_expired=lambda: self._reject(DEADLINE))
         self._loop: asyncio.AbstractEventLoop | None = None
         self._scheduled = False  # a dispatch is pending in the loop's ready queue
@@ -102,7 +104,9 @@ class DynamicBatcher:
     async def start(self) -> None:
         loop = self._loop = asyncio.get_running_loop()
         self._instances = [
-            InstanceThread(runner, loop, f"cnnserve-{self._name}_{index}")
+            InstanceThread(
+                runner, loop, f"cnnserve-{self._name}_{index}", inline_below_s=self._inline_below_s
+            )
             for index, runner in enumerate(self._runners)
         ]
         for instance in self._instances:

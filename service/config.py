@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, Literal
 
 import yaml
 
@@ -19,6 +19,7 @@ from service.datatypes import DATATYPES
 from service.errors import ConfigError
 
 PLATFORM = "onnxruntime_onnx"  # Triton's platform name for the same runtime
+AUTO: Final = "auto"
 DEFAULT_MAX_BATCH_SIZE = 32  # for a config-less model whose batch dimension is variable
 
 
@@ -94,7 +95,8 @@ class ModelOverrides:
     inputs: tuple[TensorSpec, ...] | None = None
     outputs: tuple[TensorSpec, ...] | None = None
     device: str | None = None
-    instances: int | None = None
+    # None (not stated) or "auto": timed at load (service/autotune.py); a number is kept.
+    instances: int | Literal["auto"] | None = None
     dynamic_batching: DynamicBatching | None = None
     provider_options: Mapping[str, str] | None = None
     # IO binding: None = on for CUDA (one host-to-device copy per batch), off on the CPU.
@@ -128,7 +130,7 @@ class ModelOverrides:
             config = replace(config, max_batch_size=self.max_batch_size)
         for key in ("device", "instances", "dynamic_batching", "provider_options"):
             value = getattr(self, key)
-            if value is not None:
+            if value is not None and value != AUTO:
                 config = replace(config, **{key: value})
         return config
 
@@ -280,11 +282,7 @@ def parse_model_overrides(model: str, document: Mapping[str, Any]) -> ModelOverr
             _tensor_specs(model, "outputs", document["outputs"]) if "outputs" in document else None
         ),
         device=str(device) if device is not None else None,
-        instances=(
-            _non_negative_int(model, "instances", document["instances"], 1)
-            if "instances" in document
-            else None
-        ),
+        instances=_instances(model, document.get("instances")),
         dynamic_batching=(
             _dynamic_batching(model, document["dynamic_batching"])
             if "dynamic_batching" in document
@@ -294,6 +292,18 @@ def parse_model_overrides(model: str, document: Mapping[str, Any]) -> ModelOverr
         io_binding=_io_binding(model, document.get("io_binding")),
         preprocessing=document.get("preprocessing"),
     )
+
+
+def _instances(model: str, value: object) -> int | Literal["auto"] | None:
+    if value is None:
+        return None
+    if value == AUTO:
+        return AUTO
+    if isinstance(value, str):
+        raise ConfigError(
+            f"model '{model}': key 'instances' must be an int >= 1 or 'auto', got {value!r}"
+        )
+    return _non_negative_int(model, "instances", value, 1)
 
 
 def _io_binding(model: str, value: object) -> bool | None:

@@ -29,7 +29,7 @@ from service.grpc_stream import InferenceStream, stream_error
 from service.metrics import UNKNOWN_MODEL, Metrics
 from service.model import ServedModel
 from service.repository import ModelRepository
-from service.triton_config import model_config_message, statistics_message
+from service.triton_config import metadata_parameters, model_config_message, statistics_message
 from service.v2 import grpc_service_pb2 as pb
 from service.v2 import grpc_service_pb2_grpc as pb_grpc
 
@@ -183,10 +183,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             response.outputs.add(
                 name=spec.name, datatype=spec.datatype, shape=config.full_shape(spec)
             )
-        # The provider read back from the session, so a CPU fallback is visible to clients.
-        set_parameter(response.parameters["execution_provider"], model.runner.provider)
-        set_parameter(response.parameters["device"], model.runner.device_label)
-        set_parameter(response.parameters["max_batch_size"], config.max_batch_size)
+        for key, value in metadata_parameters(model).items():
+            set_parameter(response.parameters[key], value)
         return response
 
     @_boundary

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import onnx
 
+from service.autotune import Search, Tuning
 from service.batcher import BatchObserver, BatchPolicy, DynamicBatcher
-from service.config import ModelConfig, ModelOverrides, load_model_overrides
+from service.config import AUTO, ModelConfig, ModelOverrides, load_model_overrides
 from service.errors import ModelLoadError
 from service.layout import CONFIG_FILE, MODEL_FILE, read_labels
 from service.metrics import Metrics
@@ -22,8 +23,9 @@ from service.model import ServedModel
 from service.preprocess import BoundPreprocess, attach, bind, parse_preprocessing
 from service.runtime import CUDA, OnnxRunner, default_intra_op_threads
 from service.scheduler import Scheduler
+from service.settings import default
 from service.signature import infer_config, onnx_signature
-from service.warmup import warm_up
+from service.warmup import timeable, warm_up, zero_feeds
 
 log = logging.getLogger(__name__)
 
@@ -90,10 +92,12 @@ class VersionLoader:
         metrics: Metrics | None = None,
         *,
         ort_spinning: bool = False,
+        autotune_budget_s: float = default("autotune_budget_s"),
     ) -> None:
         self._make_scheduler = make_scheduler or scheduler_factory()
         self._metrics = metrics
         self._ort_spinning = ort_spinning
+        self._autotune_budget_s = autotune_budget_s
 
     def load(self, model_dir: Path, version: int) -> ServedModel:
         """Blocking: read the config, build the sessions, warm up. Call from a thread."""
@@ -110,10 +114,14 @@ class VersionLoader:
             config = overrides.apply(infer_config(name, first.inputs(), first.outputs()))
         else:
             config = prepared.config
+        tuning = None
+        if overrides.instances in (None, AUTO) and timeable(config):
+            config, runners, tuning = self._tune(path, overrides, prepared, config, runners)
+            first = runners[0]
         # On CUDA every batch size gets its cuDNN algorithm search at load, not on a request.
         warmed = warm_up(runners, config, every_size=first.provider == CUDA)
         pre = prepared.preprocess if prepared else None
-        _log_loaded(config, version, runners, warmed, pre)
+        _log_loaded(config, version, runners, warmed, pre, tuning)
         model_metrics = self._metrics.for_model(name, str(version)) if self._metrics else None
         try:
             scheduler = self._make_scheduler(config, runners, model_metrics)
@@ -130,6 +138,7 @@ class VersionLoader:
             preprocess=pre,
             metrics=model_metrics,
             load_seconds=time.monotonic() - started,
+            tuning=tuning,
         )
 
     def _runners(
@@ -137,19 +146,57 @@ class VersionLoader:
     ) -> list[OnnxRunner]:
         """One session per instance, each with its share of the cores: concurrent runs on
         one shared session would contend for a single intra-op thread pool."""
-        instances = overrides.instances or 1
-        return [
-            OnnxRunner(
-                path,
-                model_bytes=prepared.graph if prepared else None,
-                device=overrides.device or "auto",
-                intra_op_threads=default_intra_op_threads(instances),
-                provider_options=overrides.provider_options,
-                spin=self._ort_spinning,
-                io_binding=overrides.io_binding,
-            )
-            for _ in range(instances)
-        ]
+        instances = overrides.instances if isinstance(overrides.instances, int) else 1
+        threads = default_intra_op_threads(instances)
+        return [self._runner(path, overrides, prepared, threads) for _ in range(instances)]
+
+    def _runner(
+        self,
+        path: Path,
+        overrides: ModelOverrides,
+        prepared: PreprocessedGraph | None,
+        threads: int,
+    ) -> OnnxRunner:
+        return OnnxRunner(
+            path,
+            model_bytes=prepared.graph if prepared else None,
+            device=overrides.device or "auto",
+            intra_op_threads=threads,
+            provider_options=overrides.provider_options,
+            spin=self._ort_spinning,
+            io_binding=overrides.io_binding,
+        )
+
+    def _tune(
+        self,
+        path: Path,
+        overrides: ModelOverrides,
+        prepared: PreprocessedGraph | None,
+        config: ModelConfig,
+        probe: list[OnnxRunner],
+    ) -> tuple[ModelConfig, list[OnnxRunner], Tuning]:
+        """`instances: auto`: time the model and serve the best split of the cores (and,
+        unless stated, max_batch_size). On CUDA one instance per device: only the batch."""
+        on_cuda = probe[0].provider == CUDA
+        threads = probe[0].intra_op_threads
+        for runner in probe:  # the search builds its own sessions
+            runner.close()
+        search = Search(
+            config.name,
+            lambda n: self._runner(path, overrides, prepared, n),
+            lambda size: zero_feeds(config, size if config.batched else 0),
+            [spec.name for spec in config.outputs],
+            cores=default_intra_op_threads(1),
+            batch_limit=config.max_batch_size if config.batched else 1,
+            batch_stated=overrides.max_batch_size is not None or not config.batched,
+            budget_s=self._autotune_budget_s,
+            splits=[(1, threads)] if on_cuda else None,
+        )
+        tuning, runners = search.run()
+        chosen = replace(config, instances=tuning.instances)
+        if overrides.max_batch_size is None and config.batched:
+            chosen = replace(chosen, max_batch_size=tuning.max_batch_size)
+        return chosen, runners, tuning
 
 
 def _log_loaded(
@@ -158,8 +205,11 @@ def _log_loaded(
     runners: Sequence[OnnxRunner],
     warmed: Sequence[int],
     pre: BoundPreprocess | None,
+    tuning: Tuning | None,
 ) -> None:
     first = runners[0]
+    if tuning is not None:
+        log.info("model %s version %d: instances auto: %s", config.name, version, tuning.summary())
     log.info(
         "model %s version %d: provider %s (available %s), io binding %s, "
         "%d instance(s) x %d threads, max_batch_size %d, warmed at %s, inputs %s, "

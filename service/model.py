@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from service.autotune import Tuning
 from service.config import ModelConfig
 from service.errors import InvalidArgument
 from service.images import decode_batch
@@ -41,6 +42,7 @@ class ServedModel:
     preprocess: BoundPreprocess | None = None
     metrics: ModelMetrics | None = None
     load_seconds: float = 0.0
+    tuning: Tuning | None = None  # instances: auto, what the timing at load chose
     _decoder: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
     _users: int = field(default=0, init=False, repr=False)
     _unused: asyncio.Event = field(default_factory=asyncio.Event, init=False, repr=False)

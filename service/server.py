@@ -66,6 +66,7 @@ class CnnserveServer:
             make_scheduler or scheduler_factory(batching=settings.batching),
             self.metrics,
             ort_spinning=settings.ort_spinning,
+            autotune_budget_s=settings.autotune_budget_s,
         )
         self.repository = ModelRepository(
             settings.model_repository,

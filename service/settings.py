@@ -9,6 +9,7 @@ Modes are enums: the CLI offers their values as the only choices.
 
 from __future__ import annotations
 
+import argparse
 import os
 from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields
@@ -71,6 +72,8 @@ class ServerSettings:
     # gRPC limits both ways; a bigger message is refused with RESOURCE_EXHAUSTED. 64 MiB
     # holds a batch of 64 uint8 224x224x3 images (9.6 MB) many times over.
     max_message_bytes: int = 64 * 1024 * 1024
+    # instances: auto (service/autotune.py): seconds of in-process timing per model load.
+    autotune_budget_s: float = 2.0
     tls: TlsSettings | None = None
     auth_token: str | None = field(default=None, repr=False)  # never logged
 
@@ -80,6 +83,17 @@ def default(name: str) -> Any:
     found = next(f for f in fields(ServerSettings) if f.name == name)
     assert found.default is not MISSING
     return found.default
+
+
+def positive_seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        # ArgumentTypeError: argparse shows its message (a ValueError it replaces).
+        raise argparse.ArgumentTypeError(
+            f"must be > 0 seconds, got {text}; to skip the timing, state instances "
+            "in the model's config.yaml"
+        )
+    return value
 
 
 def on_off(text: str) -> bool:
@@ -125,6 +139,8 @@ SERVE_OPTIONS: tuple[Option, ...] = (
            "poll mode: seconds between rescans"),
     Option("max_message_bytes", "--max-message-bytes", "MAX_MESSAGE_BYTES", int,
            "largest gRPC message either way"),
+    Option("autotune_budget_s", "--autotune-budget", "AUTOTUNE_BUDGET", positive_seconds,
+           "instances: auto: seconds of timing per model load"),
 )  # fmt: skip
 
 
@@ -143,6 +159,6 @@ def env_default(option: Option) -> Any:
         return default(option.setting)
     try:
         value = option.parse(text)
-    except ValueError as exc:
+    except (ValueError, argparse.ArgumentTypeError) as exc:
         raise SettingError(f"{ENV_PREFIX}{option.env}={text!r}: {exc}") from None
     return value

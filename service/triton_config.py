@@ -10,6 +10,7 @@ from __future__ import annotations
 from service.layout import LABELS_FILE
 from service.metrics import ModelStats
 from service.model import ServedModel
+from service.records import ParamValue
 from service.v2 import grpc_service_pb2 as pb
 from service.v2 import model_config_pb2 as mc
 
@@ -69,3 +70,17 @@ def statistics_message(stats: ModelStats, message: pb.ModelStatistics) -> None:
         entry = message.batch_stats.add(batch_size=size)
         entry.compute_infer.count = batch.compute_infer.count
         entry.compute_infer.ns = batch.compute_infer.ns
+
+
+def metadata_parameters(model: ServedModel) -> dict[str, ParamValue]:
+    """ModelMetadata's parameters: how the version is being served."""
+    return {
+        # The provider read back from the session, so a CPU fallback is visible to clients.
+        "execution_provider": model.runner.provider,
+        "device": model.runner.device_label,
+        "max_batch_size": model.config.max_batch_size,
+        "instances": len(model.runners),
+        "intra_op_threads": model.runner.intra_op_threads,
+        # instances: auto: what the timing at load chose and from what; else the config.
+        "instances_chosen_by": model.tuning.summary() if model.tuning is not None else "config",
+    }

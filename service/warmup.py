@@ -15,6 +15,7 @@ import time
 from collections.abc import Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 from service.config import ModelConfig
 from service.datatypes import DATATYPES
@@ -36,12 +37,28 @@ def warmup_batch_sizes(config: ModelConfig, *, every_size: bool = False) -> list
     return sorted(sizes)
 
 
+def timeable(config: ModelConfig) -> bool:
+    """Whether zeros of the declared shapes make a representative input (no variable image
+    size, no encoded images or strings)."""
+    specs = config.inputs
+    return not any(-1 in s.dims for s in specs) and not any(s.datatype == "BYTES" for s in specs)
+
+
+def zero_feeds(config: ModelConfig, size: int) -> dict[str, npt.NDArray[np.generic]]:
+    """Zeros for every input at batch `size` (0: the unbatched model's own shape)."""
+    return {
+        spec.name: np.zeros(
+            (size, *spec.dims) if size else spec.dims, dtype=DATATYPES[spec.datatype].numpy
+        )
+        for spec in config.inputs
+    }
+
+
 def warm_up(
     runners: Sequence[Runner], config: ModelConfig, *, every_size: bool = False
 ) -> list[int]:
     """Run every runner at every warm-up size; returns the sizes run ([] if skipped)."""
-    specs = config.inputs
-    if any(-1 in spec.dims for spec in specs) or any(s.datatype == "BYTES" for s in specs):
+    if not timeable(config):
         # A variable image size or string input: no representative shape to warm with.
         log.info("model %s: warm-up skipped (variable dims or BYTES input)", config.name)
         return []
@@ -49,12 +66,7 @@ def warm_up(
     output_names = [spec.name for spec in config.outputs]
     started = time.monotonic()
     for size in sizes:
-        feeds = {
-            spec.name: np.zeros(
-                (size, *spec.dims) if size else spec.dims, dtype=DATATYPES[spec.datatype].numpy
-            )
-            for spec in specs
-        }
+        feeds = zero_feeds(config, size)
         for runner in runners:
             runner.run(feeds, output_names)
     log.info(

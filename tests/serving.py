@@ -107,13 +107,15 @@ class GatedRunner:
         return self.inner.run(feeds, output_names)
 
 
-def gated_scheduler(gates: list[GatedRunner]) -> SchedulerFactory:
-    """A scheduler factory whose runners are gated; the gates are appended to `gates`."""
+def gated_scheduler(gates: list[GatedRunner], *, every_instance: bool = False) -> SchedulerFactory:
+    """A scheduler factory whose runners are gated; the gates are appended to `gates`.
+    One instance per model (whatever instances: auto chose, a test holds one gate), or
+    with `every_instance` one gate per instance."""
 
     def make(
         config: ModelConfig, runners: Sequence[OnnxRunner], observer: BatchObserver | None
     ) -> Scheduler:
-        wrapped = [GatedRunner(runner) for runner in runners]
+        wrapped = [GatedRunner(runner) for runner in (runners if every_instance else runners[:1])]
         gates.extend(wrapped)
         return DynamicBatcher(wrapped, batch_policy(config), name=config.name, observer=observer)
 

@@ -114,7 +114,7 @@ def test_batching_off_runs_every_request_alone_as_sent(unbatched_process: str) -
 def test_two_instances_run_two_batches_at_once(tmp_path: Path) -> None:
     gates: list[GatedRunner] = []
     root = digits_with(tmp_path, instances=2)
-    with running_server(root, gated_scheduler(gates)) as server:
+    with running_server(root, gated_scheduler(gates, every_instance=True)) as server:
         served = server.server.repository.get("digits")
         assert len(served.runners) == 2
         threads = default_intra_op_threads(2)

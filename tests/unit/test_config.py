@@ -29,6 +29,7 @@ INFERRED = ModelConfig(
         ({"max_batch_size": -1}, "'max_batch_size' must be >= 0"),
         ({"max_batch_size": "8"}, "'max_batch_size' must be int"),
         ({"instances": 0}, "'instances' must be >= 1"),
+        ({"instances": "two"}, "'instances' must be an int >= 1 or 'auto', got 'two'"),
         ({"device": "gpu"}, "device 'gpu'"),
         ({"name": "other"}, "folder name is the model name"),
         ({"platform": "tensorflow_savedmodel"}, "not supported"),

@@ -1,0 +1,126 @@
+"""instances: auto through the server: the choice timed at load is logged and returned in
+ModelMetadata, a stated config is never overridden, a model that fails while timed does
+not load (its reason in the index), and a zero budget is a usage error."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import numpy as np
+import onnx
+import pytest
+import tritonclient.grpc as triton
+from onnx import TensorProto, helper
+
+from service.autotune import batch_sizes, core_splits
+from service.config import DEFAULT_MAX_BATCH_SIZE
+from service.runtime import default_intra_op_threads
+from service.v2 import grpc_service_pb2 as pb
+from service.v2 import grpc_service_pb2_grpc as pb_grpc
+from tests import onnx_models
+from tests.integration.test_server_settings import digits_with
+from tests.serving import running_server
+
+
+def fails_when_run() -> onnx.ModelProto:
+    """Loads (a valid graph, a variable batch) but every run fails: it gathers column 5 of
+    a 3-column input."""
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["x", "column"], ["y"], axis=1)],
+        "fails_when_run",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])],
+        [helper.make_tensor("column", TensorProto.INT64, [1], [5])],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def metadata(address: str, model: str) -> dict[str, str | int]:
+    """ModelMetadata's parameters (tritonclient's proto has none: our own stub)."""
+    with grpc.insecure_channel(address) as channel:
+        answer = pb_grpc.GRPCInferenceServiceStub(channel).ModelMetadata(
+            pb.ModelMetadataRequest(name=model)
+        )
+    return {
+        key: getattr(value, value.WhichOneof("parameter_choice") or "string_param")
+        for key, value in answer.parameters.items()
+    }
+
+
+def test_a_config_less_model_is_timed_and_the_choice_reported(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = tmp_path / "models"
+    onnx_models.save(onnx_models.doubler(["N", 3]), root / "double" / "1" / "model.onnx")
+    with caplog.at_level(logging.INFO), running_server(root) as server:
+        served = server.server.repository.get("double")
+        tuning = served.tuning
+        assert tuning is not None
+        assert (tuning.instances, tuning.threads) in core_splits(default_intra_op_threads(1))
+        assert tuning.max_batch_size in batch_sizes(DEFAULT_MAX_BATCH_SIZE)
+        assert served.config.max_batch_size == tuning.max_batch_size
+        assert len(served.runners) == tuning.instances
+        params = metadata(server.address, "double")
+        assert params["instances"] == tuning.instances
+        assert params["intra_op_threads"] == tuning.threads
+        assert params["max_batch_size"] == tuning.max_batch_size
+        assert params["instances_chosen_by"] == tuning.summary()
+        client = triton.InferenceServerClient(server.address)
+        x = triton.InferInput("x", [2, 3], "FP32")
+        x.set_data_from_numpy(np.arange(6, dtype=np.float32).reshape(2, 3))
+        answer = client.infer("double", [x]).as_numpy("y")
+        np.testing.assert_array_equal(answer, 2 * np.arange(6, dtype=np.float32).reshape(2, 3))
+    assert any("instances auto: " + tuning.summary() in r.getMessage() for r in caplog.records)
+
+
+def test_stated_instances_are_never_overridden(tmp_path: Path) -> None:
+    root = digits_with(tmp_path, instances=2)
+    with running_server(root) as server:
+        served = server.server.repository.get("digits")
+        assert served.tuning is None and len(served.runners) == 2
+        params = metadata(server.address, "digits")
+        assert params["instances"] == 2
+        assert params["instances_chosen_by"] == "config"
+        assert params["max_batch_size"] == 64  # as stated in config.yaml
+
+
+def test_a_stated_max_batch_size_is_kept_when_instances_are_auto(tmp_path: Path) -> None:
+    root = digits_with(tmp_path, instances="auto", max_batch_size=16)
+    with running_server(root) as server:
+        served = server.server.repository.get("digits")
+        assert served.tuning is not None
+        assert served.config.max_batch_size == 16
+        assert {t.batch for t in served.tuning.trials} == {16}
+
+
+def test_a_model_that_fails_while_timed_does_not_load(tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    onnx_models.save(fails_when_run(), root / "fragile" / "1" / "model.onnx")
+    onnx_models.save(onnx_models.doubler(["N", 3]), root / "double" / "1" / "model.onnx")
+    with running_server(root) as server:
+        client = triton.InferenceServerClient(server.address)
+        rows = client.get_model_repository_index(as_json=True)["models"]
+        index = {row["name"]: row for row in rows}
+        assert index["fragile"]["state"] == "UNAVAILABLE"
+        reason = index["fragile"]["reason"]
+        assert "failed while being timed for instances: auto (batch 1)" in reason
+        assert index["double"]["state"] == "READY"  # the others serve
+
+
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_a_zero_timing_budget_is_a_usage_error(how: str, tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "service", "serve", "--model-repository", str(tmp_path)]
+    env = None
+    if how == "flag":
+        command += ["--autotune-budget", "0"]
+    else:
+        import os
+
+        env = {**os.environ, "CNNSERVE_AUTOTUNE_BUDGET": "0"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 2
+    assert "must be > 0 seconds" in done.stderr and "state instances" in done.stderr

@@ -1,0 +1,108 @@
+"""instances: auto — the search over core splits and batch sizes (service/autotune.py),
+with fake runners whose speed is set by the test, so the choice is known in advance."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from service.autotune import Search, batch_sizes, core_splits
+from service.errors import ModelLoadError
+
+
+class CountingRunner:
+    """Runs in no time and records the batch sizes it ran. Its speed is not controlled (the
+    search times by the wall clock), so the tests check the search's structure: which
+    trials ran, what was kept, what was closed, what a failure says."""
+
+    def __init__(self, threads: int, fail_at: int | None = None) -> None:
+        self.threads = threads
+        self.fail_at = fail_at
+        self.closed = False
+        self.batches: list[int] = []
+
+    def run(
+        self, feeds: Mapping[str, npt.NDArray[np.generic]], output_names: Sequence[str]
+    ) -> list[npt.NDArray[np.generic]]:
+        batch = len(feeds["x"])
+        self.batches.append(batch)
+        if self.fail_at is not None and batch >= self.fail_at:
+            raise RuntimeError("out of memory at this batch")
+        return [np.zeros((batch, 1), np.float32)]
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def feeds(size: int) -> dict[str, npt.NDArray[np.generic]]:
+    return {"x": np.zeros((size, 3), np.float32)}
+
+
+def test_core_splits_use_every_core_once() -> None:
+    assert core_splits(2) == [(1, 2), (2, 1)]
+    assert core_splits(6) == [(1, 6), (2, 3), (3, 2), (6, 1)]
+    assert core_splits(1) == [(1, 1)]
+    assert all(i <= 8 for i, _ in core_splits(64))
+
+
+def test_batch_sizes_are_powers_of_two_then_the_limit() -> None:
+    assert batch_sizes(1) == [1]
+    assert batch_sizes(32) == [1, 2, 4, 8, 16, 32]
+    assert batch_sizes(12) == [1, 2, 4, 8, 12]
+
+
+def test_the_winner_is_served_and_the_others_closed() -> None:
+    made: list[CountingRunner] = []
+
+    def make(threads: int) -> CountingRunner:
+        made.append(CountingRunner(threads))
+        return made[-1]
+
+    search = Search("m", make, feeds, ["y"], cores=2, batch_limit=4, batch_stated=False,
+                    budget_s=0.5)  # fmt: skip
+    tuning, runners = search.run()
+    assert (tuning.instances, tuning.threads) in [(1, 2), (2, 1)]
+    assert len(runners) == tuning.instances
+    assert all(r.threads == tuning.threads and not r.closed for r in runners)
+    assert all(r.closed for r in made if r not in runners)
+    assert len(made) == 3  # one session for 1 x 2, two for 2 x 1
+    assert tuning.max_batch_size in (1, 2, 4)
+    assert {t.instances for t in tuning.trials} == {1, 2}
+    assert "instance(s)" in tuning.summary() and "trials" in tuning.summary()
+
+
+def test_a_stated_batch_size_is_the_only_one_timed_and_kept() -> None:
+    runners: list[CountingRunner] = []
+
+    def make(threads: int) -> CountingRunner:
+        runners.append(CountingRunner(threads))
+        return runners[-1]
+
+    tuning, _ = Search("m", make, feeds, ["y"], cores=2, batch_limit=8, batch_stated=True,
+                       budget_s=0.2).run()  # fmt: skip
+    assert tuning.max_batch_size == 8
+    assert {b for r in runners for b in r.batches} == {8}
+    assert {t.batch for t in tuning.trials} == {8}
+
+
+def test_a_model_that_fails_while_timed_does_not_load_and_says_why() -> None:
+    made: list[CountingRunner] = []
+
+    def make(threads: int) -> CountingRunner:
+        made.append(CountingRunner(threads, fail_at=2))
+        return made[-1]
+
+    search = Search("m", make, feeds, ["y"], cores=2, batch_limit=4, batch_stated=False,
+                    budget_s=0.2)  # fmt: skip
+    with pytest.raises(ModelLoadError, match=r"failed while being timed.*batch 2.*out of memory"):
+        search.run()
+    assert made and all(r.closed for r in made)  # nothing leaks from a failed load
+
+
+def test_a_budget_of_zero_is_refused() -> None:
+    with pytest.raises(ValueError, match="budget must be > 0"):
+        Search("m", CountingRunner, feeds, ["y"], cores=2, batch_limit=4, batch_stated=False,
+               budget_s=0.0)  # fmt: skip
