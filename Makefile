@@ -55,10 +55,12 @@ image-test:
 	bash deploy/image-test.sh
 
 # Served vs in-process (writes bench/README.md's table), then the per-request CPU against
-# the Python gRPC floor, which exits 1 while its criterion fails (bench/README.md).
+# the Python gRPC floor and instances: auto against in-process and a hand-picked setting;
+# each runs, and the target exits 1 if a criterion failed (bench/README.md).
 bench: $(VENV)/.dev
 	$(PY) -m bench.run
-	$(PY) -m bench.overhead --rounds 2
+	status=0; $(PY) -m bench.overhead --rounds 2 || status=1; \
+	$(PY) -m bench.autoconfig || status=1; exit $$status
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

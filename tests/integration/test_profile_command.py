@@ -1,0 +1,95 @@
+"""`cnnserve profile` end to end on a tiny model: it sweeps, writes a config.yaml that
+loads, and says clearly what is wrong when it cannot (each a subprocess, as users run it)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from service.loader import VersionLoader
+from tests import onnx_models
+from tests.serving import free_port
+
+QUICK = ["--concurrency", "1,2", "--seconds", "0.3", "--instances", "1",
+         "--max-batch-sizes", "1,4", "--queue-delays-us", "0"]  # fmt: skip
+
+
+def profile(*args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "service", "profile", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=180)
+
+
+def tiny_repository(tmp_path: Path) -> Path:
+    root = tmp_path / "models"
+    onnx_models.save(onnx_models.doubler(["N", 3]), root / "double" / "1" / "model.onnx")
+    return root
+
+
+def test_profile_writes_a_config_that_loads(tmp_path: Path) -> None:
+    root, out = tiny_repository(tmp_path), tmp_path / "out"
+    done = profile("--model-repository", str(root), "--model", "double", "--out", str(out), *QUICK)
+    assert done.returncode == 0, done.stderr
+    assert "[2/2]" in done.stdout and "best: instances 1" in done.stdout
+    table = (out / "profile.md").read_text()
+    assert "max_batch_size 1" in table and "max_batch_size 4" in table and "c=2" in table
+    assert (out / "profile.png").stat().st_size > 0
+    written = yaml.safe_load((out / "config.yaml").read_text())
+    assert written["instances"] == 1 and written["max_batch_size"] in (1, 4)
+    # The written config serves: put it next to the model and load the version.
+    shutil.copy(out / "config.yaml", root / "double" / "config.yaml")
+    served = VersionLoader().load(root / "double", 1)
+    try:
+        assert served.config.max_batch_size == written["max_batch_size"]
+        assert len(served.runners) == 1 and served.tuning is None
+    finally:
+        for runner in served.runners:
+            runner.close()
+
+
+def test_a_model_that_does_not_exist_is_a_usage_error(tmp_path: Path) -> None:
+    root = tiny_repository(tmp_path)
+    done = profile("--model-repository", str(root), "--model", "nope", *QUICK)
+    assert done.returncode == 2
+    assert done.stderr.strip() == f"cnnserve profile: no model 'nope' in {root}"
+
+
+def test_a_server_that_is_not_up_is_reported_in_one_line() -> None:
+    done = profile("--url", f"127.0.0.1:{free_port()}", "--model", "double", *QUICK)
+    assert done.returncode == 1
+    assert "cannot reach 127.0.0.1:" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_budget_no_setting_meets_names_the_closest(tmp_path: Path) -> None:
+    root = tiny_repository(tmp_path)
+    done = profile("--model-repository", str(root), "--model", "double", "--out",
+                   str(tmp_path / "out"), "--latency-budget-ms", "0.000001", *QUICK)  # fmt: skip
+    assert done.returncode == 1
+    assert "no setting meets the latency budget of 1e-06 ms" in done.stderr
+    assert "closest: instances 1, max_batch_size" in done.stderr
+    assert not (tmp_path / "out" / "config.yaml").exists()
+    assert (tmp_path / "out" / "profile.md").exists()  # the measurements are kept
+
+
+def test_bad_numbers_are_usage_errors(tmp_path: Path) -> None:
+    root = tiny_repository(tmp_path)
+    for flags, message in (
+        (["--seconds", "0"], "must be > 0"),
+        (["--concurrency", "0"], "--concurrency: values must be >= 1"),
+        (["--max-batch-sizes", "x"], "expected comma-separated integers"),
+    ):
+        done = profile("--model-repository", str(root), "--model", "double", *flags)
+        assert done.returncode == 2 and message in done.stderr, (flags, done.stderr)
+
+
+def test_the_time_limit_stops_the_sweep_and_keeps_what_was_measured(tmp_path: Path) -> None:
+    root, out = tiny_repository(tmp_path), tmp_path / "out"
+    done = profile("--model-repository", str(root), "--model", "double", "--out", str(out),
+                   "--time-limit", "0.001", *QUICK)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "time limit: 1 of 2 settings measured" in done.stdout
+    assert "max_batch_size 4" not in (out / "profile.md").read_text()
+    assert yaml.safe_load((out / "config.yaml").read_text())["max_batch_size"] == 1
