@@ -101,6 +101,7 @@ def _serve_flags(serve: argparse.ArgumentParser) -> None:
     serve.add_argument(
         "--no-metrics", action="store_true", help="serve no metrics (for overhead comparison)"
     )
+    serve.add_argument("--no-http", action="store_true", help="serve no KServe v2 REST port")
     serve.add_argument(
         "--ort-spinning",
         action="store_true",
@@ -223,6 +224,8 @@ def serve_settings(args: argparse.Namespace) -> ServerSettings:
     values = {option.setting: getattr(args, option.setting) for option in SERVE_OPTIONS}
     if args.no_metrics:
         values["metrics_port"] = None
+    if args.no_http:
+        values["http_port"] = None
     return ServerSettings(
         **values,
         ort_spinning=args.ort_spinning,
@@ -238,6 +241,8 @@ async def _serve(settings: ServerSettings, make_scheduler: SchedulerFactory | No
     await server.start()
     # The "listening on" line is read by tests and `make run` users: keep its format.
     print(f"cnnserve listening on {server.address}", flush=True)
+    if server.http is not None:
+        print(f"  KServe v2 REST on {server.http_url}", flush=True)
     if server.metrics_port is not None:
         host = settings.host
         print(f"  metrics on http://{host}:{server.metrics_port}/metrics", flush=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
@@ -23,12 +22,11 @@ from service.codec import (
     encode_infer_response,
     set_parameter,
 )
-from service.deadlines import TIMEOUT_PARAMETER, request_deadline
 from service.errors import CnnserveError, Code, InvalidArgument, NotFound, Unavailable
 from service.grpc_stream import InferenceStream, stream_error
-from service.metrics import UNKNOWN_MODEL, Metrics
+from service.inference import InferenceCore, Outputs
 from service.model import ServedModel
-from service.repository import ModelRepository
+from service.records import DecodedRequest
 from service.triton_config import metadata_parameters, model_config_message, statistics_message
 from service.v2 import grpc_service_pb2 as pb
 from service.v2 import grpc_service_pb2_grpc as pb_grpc
@@ -94,50 +92,21 @@ def _boundary(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(
-        self,
-        repository: ModelRepository,
-        *,
-        is_ready: Callable[[], bool],
-        metrics: Metrics | None = None,
-    ) -> None:
-        self._repository = repository
+    def __init__(self, core: InferenceCore, *, is_ready: Callable[[], bool]) -> None:
+        self._core = core
+        self._repository = core.repository
         self._is_ready = is_ready
-        self._metrics = metrics
-        self._draining = False
-        self._in_flight = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._last_arrival = 0.0  # loop time of the latest ModelInfer
+        self._metrics = core.metrics
         self._streams: set[InferenceStream] = set()  # open ModelStreamInfer calls
 
     async def drain(self, timeout_s: float) -> bool:
-        """Refuse new inferences with UNAVAILABLE (retryable: they never ran) and wait for
-        the accepted ones to finish; False if some were still running after `timeout_s`.
-
-        The connections stay open meanwhile, so a load balancer in front gets a clean gRPC
-        status for every request instead of a stream reset racing the server's GOAWAY."""
-        self._draining = True
+        """Streams answer what they accepted, then end; new inferences are refused
+        (UNAVAILABLE) while the accepted ones finish (InferenceCore.drain). The connections
+        stay open meanwhile, so a load balancer in front gets a clean gRPC status for every
+        request instead of a stream reset racing the server's GOAWAY."""
         for stream in self._streams:
             stream.drain()  # answer what was accepted, then end the stream
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout_s)
-        except TimeoutError:
-            return False
-        return True
-
-    async def quiesce(self, quiet_s: float, limit_s: float) -> None:
-        """While draining: keep answering UNAVAILABLE until no inference has arrived for
-        `quiet_s` (at most `limit_s`). Stopping the gRPC server cancels calls that arrived
-        but that no handler has picked up yet (CANCELLED, not the retryable UNAVAILABLE);
-        waiting for the clients to go elsewhere first avoids that race."""
-        loop = asyncio.get_running_loop()
-        end = loop.time() + limit_s
-        while (now := loop.time()) < end:
-            quiet_for = now - self._last_arrival
-            if quiet_for >= quiet_s:
-                return
-            await asyncio.sleep(min(quiet_s - quiet_for, end - now))  # a timer, by design
+        return await self._core.drain(timeout_s)
 
     @_boundary
     async def ServerLive(
@@ -203,52 +172,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def _infer(
         self, request: pb.ModelInferRequest, time_remaining: float | None
     ) -> pb.ModelInferResponse:
-        """One inference, unary or on a stream: lease, decode, run, encode, count."""
-        started = time.monotonic()
-        model: ServedModel | None = None
-        rows = 0
-        code = grpc.StatusCode.INTERNAL
-        self._in_flight += 1
-        self._idle.clear()
-        self._last_arrival = asyncio.get_running_loop().time()
-        try:
-            # The lease: a swap or unload of this version waits for this request.
-            model = self._repository.get(request.model_name, request.model_version)
-            model.acquire()
-            try:
-                if self._draining:  # counted like any other answer (code UNAVAILABLE)
-                    raise Unavailable(
-                        "the server is shutting down; send the request to another replica"
-                    )
-                decoded = decode_infer_request(request, model.check_headers)
-                rows = decoded.batch_size
-                deadline = request_deadline(
-                    time_remaining,
-                    decoded.parameters.get(TIMEOUT_PARAMETER),
-                    model.config.dynamic_batching.default_timeout_us,
-                )
-                outputs = await model.infer(decoded, deadline=deadline)
-                response = encode_infer_response(
-                    model_name=model.name,
-                    model_version=str(model.version),
-                    request_id=decoded.id,
-                    outputs=outputs,
-                )
-            finally:
-                model.release()
-            code = grpc.StatusCode.OK
-            return response
-        except CnnserveError as exc:
-            code = grpc_status(exc.code)
-            raise
-        except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
-            raise
-        finally:
-            self._in_flight -= 1
-            if self._in_flight == 0:
-                self._idle.set()
-            self._record(model, code, rows, time.monotonic() - started)
+        """One inference, unary or on a stream, through the shared core."""
+        return await self._core.infer(
+            request.model_name,
+            request.model_version,
+            lambda model: decode_infer_request(request, model.check_headers),
+            _encode,
+            time_remaining,
+        )
 
     async def ModelStreamInfer(
         self, requests: AsyncIterator[object], context: Context
@@ -260,7 +191,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         remaining = context.time_remaining()
         deadline = None if remaining is None else asyncio.get_running_loop().time() + remaining
         stream = InferenceStream(requests, lambda request: self._stream_answer(request, deadline))
-        if self._draining:  # opened during a drain: it ends at once, as new calls are refused
+        if self._core.draining:  # opened during a drain: it ends at once, as calls are refused
             stream.drain()
         self._streams.add(stream)
         try:
@@ -289,17 +220,6 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             log.exception("internal error in ModelStreamInfer")
             return stream_error(request_id, f"INTERNAL: internal error: {exc}")
         return pb.ModelStreamInferResponse(infer_response=response)
-
-    def _record(
-        self, model: ServedModel | None, code: grpc.StatusCode, rows: int, seconds: float
-    ) -> None:
-        if self._metrics is None:
-            return
-        # Unknown model names are not labels (a client could grow the series without bound).
-        name, version = (model.name, str(model.version)) if model else (UNKNOWN_MODEL, "")
-        self._metrics.request_finished(name, version, code.name, seconds)
-        if model is not None and model.metrics is not None:
-            model.metrics.finished(code == grpc.StatusCode.OK, rows, seconds)
 
     @_boundary
     async def ModelStatistics(
@@ -337,7 +257,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         _check_repository_name(request.repository_name)
         _refuse_parameters("RepositoryModelLoad", request.parameters)
         self._repository.control_mode.require_explicit("load")
-        if self._draining:
+        if self._core.draining:
             raise Unavailable("the server is shutting down")
         await self._repository.load(request.model_name)
         return pb.RepositoryModelLoadResponse()
@@ -351,6 +271,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._repository.control_mode.require_explicit("unload")
         await self._repository.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
+
+
+def _encode(model: ServedModel, decoded: DecodedRequest, outputs: Outputs) -> pb.ModelInferResponse:
+    return encode_infer_response(
+        model_name=model.name,
+        model_version=str(model.version),
+        request_id=decoded.id,
+        outputs=outputs,
+    )
 
 
 def _check_repository_name(name: str) -> None:

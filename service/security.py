@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import grpc
 
 from service.errors import ConfigError, Unauthenticated
-from service.settings import TlsSettings
+from service.settings import TlsSettings, read_tls_file
 
 # Probes must answer without credentials (the token would otherwise have to be in the pod
 # spec of every probe).
@@ -23,13 +22,7 @@ OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
 
 
 def server_credentials(tls: TlsSettings) -> grpc.ServerCredentials:
-    def read(path: Path, what: str) -> bytes:
-        try:
-            data: bytes = path.read_bytes()
-        except OSError as exc:
-            raise ConfigError(f"cannot read the TLS {what} {path}: {exc.strerror}") from None
-        return data
-
+    read = read_tls_file
     pair = (read(tls.key, "key"), read(tls.cert, "certificate"))
     client_ca = read(tls.client_ca, "client CA") if tls.client_ca is not None else None
     return grpc.ssl_server_credentials(

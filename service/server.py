@@ -22,6 +22,8 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
 from service.grpc_api import InferenceServicer, add_to_server
+from service.http_api import HttpFrontEnd
+from service.inference import InferenceCore
 from service.loader import SchedulerFactory, VersionLoader, scheduler_factory
 from service.metrics import Metrics, register_gpu_memory
 from service.poller import RepositoryPoller
@@ -76,8 +78,11 @@ class CnnserveServer:
             on_change=self._model_changed,
         )
         self.poller = RepositoryPoller(self.repository)
+        # The request path both front ends share (lease, drain, deadline, metrics).
+        self.core = InferenceCore(self.repository, self.metrics)
         self._poller: asyncio.Task[None] | None = None
         self._servicer: InferenceServicer | None = None
+        self.http: HttpFrontEnd | None = None
         self._metrics_http: WSGIServer | None = None
         self._metrics_thread: threading.Thread | None = None
         self.metrics_port: int | None = None
@@ -96,10 +101,40 @@ class CnnserveServer:
     async def start(self) -> None:
         await self.repository.load_all()
         try:
+            await self._start_http()
             await self._start_serving()
         except BaseException:
+            if self.http is not None:
+                await self.http.stop()
             await self.repository.aclose()  # what start acquired, a failed start releases
             raise
+
+    async def _start_http(self) -> None:
+        """The KServe v2 REST front end on the same loop and core (--http-port)."""
+        settings = self.settings
+        if settings.http_port is None:
+            return
+        self.http = HttpFrontEnd(
+            self.core,
+            is_ready=self.is_ready,
+            metrics=self.metrics,
+            max_body_bytes=settings.max_message_bytes,
+            tls=settings.tls,
+            auth_token=settings.auth_token,
+        )
+        try:
+            await self.http.start(settings.host, settings.http_port)
+        except OSError as exc:
+            raise OSError(
+                f"cannot serve HTTP on {settings.host}:{settings.http_port}: {exc} "
+                "(use --http-port or --no-http)"
+            ) from exc
+
+    @property
+    def http_url(self) -> str:
+        scheme = "https" if self.settings.tls is not None else "http"
+        port = self.http.port if self.http is not None else 0
+        return f"{scheme}://{self.settings.host}:{port}"
 
     async def _start_serving(self) -> None:
         settings = self.settings
@@ -113,9 +148,7 @@ class CnnserveServer:
                 ("grpc.max_send_message_length", limit),
             ],
         )
-        self._servicer = InferenceServicer(
-            self.repository, is_ready=self.is_ready, metrics=self.metrics
-        )
+        self._servicer = InferenceServicer(self.core, is_ready=self.is_ready)
         add_to_server(self._servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
@@ -183,7 +216,10 @@ class CnnserveServer:
             if not drained:
                 log.warning("grace period over with inferences still running")
             remaining = max(0.0, deadline - time.monotonic())
-            await self._servicer.quiesce(QUIET_S, min(MAX_LINGER_S, remaining))
+            await self.core.quiesce(QUIET_S, min(MAX_LINGER_S, remaining))
+        if self.http is not None:  # after the drain: every accepted request was answered
+            await self.http.stop()
+            self.http = None
         if self._server is not None:
             await self._server.stop(max(0.0, deadline - time.monotonic()))
             self._server = None

@@ -17,7 +17,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from service.errors import FailedPrecondition
+from service.errors import ConfigError, FailedPrecondition
 
 ENV_PREFIX = "CNNSERVE_"
 
@@ -55,6 +55,15 @@ class TlsSettings:
     client_ca: Path | None = None
 
 
+def read_tls_file(path: Path, what: str) -> bytes:
+    """A certificate or key's bytes, or a ConfigError naming which file and why."""
+    try:
+        data: bytes = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the TLS {what} {path}: {exc.strerror}") from None
+    return data
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     """Process-wide settings (the defaults live here and nowhere else)."""
@@ -65,6 +74,7 @@ class ServerSettings:
     grace_period_s: float = 30.0
     batching: bool = True  # False: every request runs alone, as sent (for comparison)
     metrics_port: int | None = 8002  # Prometheus /metrics; 0 = any free port; None = off
+    http_port: int | None = 8000  # KServe v2 REST; 0 = any free port; None = off
     event_loop: EventLoop = EventLoop.AUTO
     ort_spinning: bool = False  # onnxruntime intra-op threads busy-wait (bench/README.md)
     model_control_mode: ControlMode = ControlMode.NONE
@@ -128,6 +138,8 @@ SERVE_OPTIONS: tuple[Option, ...] = (
            "dynamic batching; off runs each request alone", ("on", "off")),
     Option("metrics_port", "--metrics-port", "METRICS_PORT", int,
            "Prometheus /metrics HTTP port, 0 = any free port"),
+    Option("http_port", "--http-port", "HTTP_PORT", int,
+           "KServe v2 REST port, 0 = any free port (--no-http: none)"),
     Option("event_loop", "--event-loop", "EVENT_LOOP", EventLoop,
            "auto: uvloop when installed", tuple(EventLoop)),
     Option("grace_period_s", "--grace-period", "GRACE_PERIOD", float,

@@ -45,7 +45,7 @@ def main() -> None:
 
     threading.Thread(target=release_on_stdin, daemon=True).start()
     settings = ServerSettings(
-        model_repository=Path(sys.argv[1]), port=0, metrics_port=0, grace_period_s=60
+        model_repository=Path(sys.argv[1]), port=0, metrics_port=0, http_port=0, grace_period_s=60
     )
     asyncio.run(_serve(settings, make))
 

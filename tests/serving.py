@@ -76,7 +76,7 @@ def running_server(
         port=0,
         grace_period_s=grace_period_s,
         metrics_port=0,
-        **overrides,
+        **{"http_port": 0, **overrides},
     )
     handle = ServerThread(CnnserveServer(settings, make_scheduler))
     handle.start()

@@ -51,27 +51,48 @@ def stub(example_server: ServerThread) -> Iterator[pb_grpc.GRPCInferenceServiceS
         yield pb_grpc.GRPCInferenceServiceStub(channel)
 
 
-@pytest.fixture()
-def held_server() -> Iterator[tuple[subprocess.Popen[str], str, str]]:
+def start_held_server() -> tuple[subprocess.Popen[str], str, str, str]:
     """`cnnserve serve` as a process whose runs are held until a line on stdin
-    (tests/held_server.py): (process, gRPC address, metrics URL)."""
+    (tests/held_server.py): (process, gRPC address, metrics URL, REST URL)."""
     process = subprocess.Popen(
         [sys.executable, "-m", "tests.held_server", str(EXAMPLE_MODELS)],
         cwd=REPO_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL, text=True,
     )  # fmt: skip
     assert process.stdout is not None
-    address = metrics = ""
+    address = metrics = rest = ""
     for line in process.stdout:
         if line.startswith("cnnserve listening on "):
             address = line.split()[-1]
+        elif line.strip().startswith("KServe v2 REST on "):
+            rest = line.split()[-1]
         elif line.strip().startswith("metrics on "):
             metrics = line.split()[-1]
             break
-    assert address and metrics, f"the server exited ({process.wait()}) before listening"
+    assert address and metrics and rest, f"the server exited ({process.wait()}) before listening"
+    return process, address, metrics, rest
+
+
+def _stopped(process: subprocess.Popen[str]) -> None:
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture()
+def held_server() -> Iterator[tuple[subprocess.Popen[str], str, str]]:
+    process, address, metrics, _ = start_held_server()
     try:
         yield process, address, metrics
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        _stopped(process)
+
+
+@pytest.fixture()
+def held_rest_server() -> Iterator[tuple[subprocess.Popen[str], str, str]]:
+    """The held server, for REST: (process, REST URL, metrics URL)."""
+    process, _, metrics, rest = start_held_server()
+    try:
+        yield process, rest, metrics
+    finally:
+        _stopped(process)

@@ -60,6 +60,16 @@ def wait_for_line(process: subprocess.Popen[str], prefix: str) -> str:
     raise AssertionError(f"the server exited before printing {prefix!r}")
 
 
+def release_and_exit(process: subprocess.Popen[str], threads: list[threading.Thread]) -> None:
+    """Let the held runs go; every sender finishes, then the server exits 0."""
+    assert process.stdin is not None
+    process.stdin.write("release\n")
+    process.stdin.flush()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert process.wait(timeout=60) == 0
+
+
 def until_not_serving(address: str) -> None:
     """The signal is handled asynchronously: ask until health says so (each ask is a real
     round trip; bounded)."""
@@ -87,12 +97,7 @@ def test_sigterm_drains_accepted_requests_and_refuses_later_ones(
     code, details = late_request_code(address)
     assert code == grpc.StatusCode.UNAVAILABLE and "shutting down" in details
     assert process.poll() is None  # still draining: the held batch has not finished
-    assert process.stdin is not None
-    process.stdin.write("release\n")
-    process.stdin.flush()
-    for thread in threads:
-        thread.join(timeout=120)
-    assert process.wait(timeout=60) == 0
+    release_and_exit(process, threads)
 
     reference = served_session()
     for i, answer in enumerate(answers):  # the held one and every queued one completed

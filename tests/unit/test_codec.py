@@ -5,12 +5,11 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
+from service.bytes_tensor import deserialize_bytes_tensor, serialize_bytes_tensor
 from service.codec import (
     decode_infer_request,
-    deserialize_bytes_tensor,
     encode_infer_response,
     read_headers,
-    serialize_bytes_tensor,
 )
 from service.errors import InvalidArgument
 from service.records import TensorHeader

@@ -1,0 +1,303 @@
+"""The KServe v2 REST front end (Triton's HTTP endpoints) on the server's event loop.
+
+aiohttp's server runs on the same loop as gRPC and calls the same core (InferenceCore:
+leases, drain, deadlines, batcher, metrics); service/http_codec.py turns bodies into the
+same records. Chosen by measurement (bench/README.md, "HTTP/REST"): aiohttp and
+uvicorn + starlette cost the same server CPU per request within noise (111 vs 97 us for a
+trivial JSON handler at c=32), and aiohttp embeds in a running loop without taking over
+the process's signals, which the drain needs. `_errors` is the one place where errors
+become HTTP statuses, with Triton's `{"error": "..."}` body.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from google.protobuf import json_format
+
+from service import __version__
+from service.errors import CnnserveError, Code, ConfigError, InvalidArgument, Unavailable
+from service.http_codec import HEADER_LENGTH, decode_infer, encode_infer, split_body
+from service.inference import InferenceCore, Outputs
+from service.metrics import Metrics
+from service.model import ServedModel
+from service.records import DecodedRequest
+from service.settings import TlsSettings, read_tls_file
+from service.triton_config import (
+    metadata_parameters,
+    model_config_message,
+    statistics_message,
+)
+from service.v2 import grpc_service_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+SERVER_NAME = "cnnserve"
+EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration",
+              "model_repository", "schedule_policy", "statistics"]  # fmt: skip
+STATUS = {
+    Code.INVALID_ARGUMENT: 400,
+    Code.FAILED_PRECONDITION: 400,
+    Code.UNAUTHENTICATED: 401,
+    Code.NOT_FOUND: 404,
+    Code.RESOURCE_EXHAUSTED: 429,
+    Code.INTERNAL: 500,
+    Code.UNAVAILABLE: 503,
+    Code.DEADLINE_EXCEEDED: 504,
+    Code.CANCELLED: 499,
+}
+OPEN_PATHS = ("/v2/health/",)  # probes need no token, as gRPC health
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error_response(code: Code, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=STATUS.get(code, 500))
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except CnnserveError as exc:
+        return error_response(exc.code, exc.message)
+    except web.HTTPException:
+        raise  # aiohttp's own answers (404 for an unknown path, 413 for a huge body)
+    except Exception as exc:  # a bug: never let it look like a client error
+        log.exception("internal error in %s %s", request.method, request.path)
+        return error_response(Code.INTERNAL, f"internal error: {exc}")
+
+
+def _token_check(token: str) -> Any:
+    expected = f"Bearer {token}".encode()
+
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not request.path.startswith(OPEN_PATHS):
+            given = request.headers.get("Authorization")
+            if given is None:
+                return error_response(
+                    Code.UNAUTHENTICATED, "missing 'Authorization: Bearer <token>' header"
+                )
+            if not hmac.compare_digest(given.encode(), expected):
+                return error_response(Code.UNAUTHENTICATED, "the bearer token is not valid")
+        return await handler(request)
+
+    return check
+
+
+def _json(message: Any) -> dict[str, Any]:
+    """A protobuf message as JSON, field names as in the proto (int64 as strings, per the
+    proto3 JSON mapping)."""
+    result: dict[str, Any] = json_format.MessageToDict(message, preserving_proto_field_name=True)
+    return result
+
+
+class HttpFrontEnd:
+    """Routes: Triton's v2 REST API. `start` binds, `stop` closes (after the core drained)."""
+
+    def __init__(
+        self,
+        core: InferenceCore,
+        *,
+        is_ready: Callable[[], bool],
+        metrics: Metrics | None,
+        max_body_bytes: int,
+        tls: TlsSettings | None = None,
+        auth_token: str | None = None,
+    ) -> None:
+        self._core = core
+        self._repository = core.repository
+        self._is_ready = is_ready
+        self._metrics = metrics
+        self._tls = tls
+        middlewares = [_errors] + ([_token_check(auth_token)] if auth_token else [])
+        self.app = web.Application(client_max_size=max_body_bytes, middlewares=middlewares)
+        self._routes()
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    def _routes(self) -> None:
+        get, post = self.app.router.add_get, self.app.router.add_post
+        get("/v2", self.server_metadata)
+        get("/v2/health/live", self.live)
+        get("/v2/health/ready", self.ready)
+        get("/v2/models/stats", self.statistics)
+        post("/v2/repository/index", self.repository_index)
+        post("/v2/repository/models/{model}/load", self.load)
+        post("/v2/repository/models/{model}/unload", self.unload)
+        for base in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
+            get(base, self.model_metadata)
+            get(base + "/ready", self.model_ready)
+            get(base + "/config", self.model_config)
+            get(base + "/stats", self.statistics)
+            post(base + "/infer", self.infer)
+
+    async def start(self, host: str, port: int) -> int:
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port, ssl_context=self._ssl_context())
+        await site.start()
+        server = site._server
+        assert server is not None and server.sockets  # type: ignore[attr-defined]
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        return self.port
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        if self._tls is None:
+            return None
+        tls = self._tls
+        read_tls_file(tls.key, "key")  # unreadable: the same message as gRPC's
+        read_tls_file(tls.cert, "certificate")
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(tls.cert, tls.key)
+            if tls.client_ca is not None:  # mutual TLS
+                read_tls_file(tls.client_ca, "client CA")
+                context.load_verify_locations(tls.client_ca)
+                context.verify_mode = ssl.CERT_REQUIRED
+        except ssl.SSLError as exc:
+            raise ConfigError(
+                f"the TLS certificate, key or client CA is not usable: {exc}"
+            ) from None
+        return context
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # -- server -------------------------------------------------------------------------
+
+    async def server_metadata(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS}
+        )
+
+    async def live(self, request: web.Request) -> web.Response:
+        return web.json_response({"live": True})
+
+    async def ready(self, request: web.Request) -> web.Response:
+        ready = self._is_ready()
+        return web.json_response({"ready": ready}, status=200 if ready else 503)
+
+    # -- models -------------------------------------------------------------------------
+
+    def _model(self, request: web.Request) -> ServedModel:
+        info = request.match_info
+        return self._repository.get(info["model"], info.get("version", ""))
+
+    async def model_metadata(self, request: web.Request) -> web.Response:
+        model = self._model(request)
+        config = model.config
+        tensors = {
+            kind: [
+                {"name": s.name, "datatype": s.datatype, "shape": list(config.full_shape(s))}
+                for s in specs
+            ]
+            for kind, specs in (("inputs", config.inputs), ("outputs", config.outputs))
+        }
+        return web.json_response(
+            {
+                "name": model.name,
+                "versions": [str(model.version)],
+                "platform": config.platform,
+                **tensors,
+                "parameters": metadata_parameters(model),
+            }
+        )
+
+    async def model_ready(self, request: web.Request) -> web.Response:
+        info = request.match_info
+        self._repository.entry(info["model"])  # unknown model: 404, not "not ready"
+        ready = self._repository.is_ready(info["model"], info.get("version", ""))
+        return web.json_response({"ready": ready}, status=200 if ready else 400)
+
+    async def model_config(self, request: web.Request) -> web.Response:
+        return web.json_response(_json(model_config_message(self._model(request))))
+
+    async def statistics(self, request: web.Request) -> web.Response:
+        name = request.match_info.get("model", "")
+        version = request.match_info.get("version", "")
+        if name:
+            self._repository.get(name, version)  # 404 if unknown
+        response = pb.ModelStatisticsResponse()
+        if self._metrics is not None:
+            for (model, ver), stats in sorted(self._metrics.all_stats().items()):
+                if (name and model != name) or (version and ver != version):
+                    continue
+                statistics_message(stats, response.model_stats.add(name=model, version=ver))
+        return web.json_response(_json(response))
+
+    async def infer(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        document, binary = split_body(body, request.headers.get(HEADER_LENGTH))
+        info = request.match_info
+
+        def encode(model: ServedModel, decoded: DecodedRequest, outputs: Outputs) -> web.Response:
+            payload, json_length = encode_infer(
+                model_name=model.name,
+                model_version=str(model.version),
+                request=decoded,
+                outputs=outputs,
+            )
+            if json_length is None:
+                return web.Response(body=payload, content_type="application/json")
+            return web.Response(
+                body=payload,
+                content_type="application/octet-stream",
+                headers={HEADER_LENGTH: str(json_length)},
+            )
+
+        return await self._core.infer(
+            info["model"],
+            info.get("version", ""),
+            lambda model: decode_infer(document, binary, model.check_headers),
+            encode,
+            None,  # HTTP carries no deadline; Triton's `timeout` parameter still applies
+        )
+
+    # -- repository ---------------------------------------------------------------------
+
+    async def repository_index(self, request: web.Request) -> web.Response:
+        document = await _optional_json(request)
+        ready_only = document.get("ready", False) is True
+        rows = self._repository.index(ready_only=ready_only)
+        return web.json_response(
+            [
+                {"name": r.name, "version": r.version, "state": r.state.value, "reason": r.reason}
+                for r in rows
+            ]
+        )
+
+    async def load(self, request: web.Request) -> web.Response:
+        document = await _optional_json(request)
+        if document.get("parameters"):
+            raise InvalidArgument(
+                "load: parameters are not supported; put the model's files and config.yaml "
+                "in the repository and load it by name"
+            )
+        self._repository.control_mode.require_explicit("load")
+        if self._core.draining:
+            raise Unavailable("the server is shutting down")
+        await self._repository.load(request.match_info["model"])
+        return web.json_response({})
+
+    async def unload(self, request: web.Request) -> web.Response:
+        self._repository.control_mode.require_explicit("unload")
+        name = request.match_info["model"]
+        self._repository.entry(name)
+        await self._repository.unload(name)
+        return web.json_response({})
+
+
+async def _optional_json(request: web.Request) -> dict[str, Any]:
+    body = await request.read()
+    if not body:
+        return {}
+    document, _ = split_body(body, None)
+    return document
