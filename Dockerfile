@@ -36,10 +36,11 @@ ENV PATH=/opt/cnnserve/bin:$PATH \
     CNNSERVE_MODEL_REPOSITORY=/models \
     CNNSERVE_HOST=0.0.0.0 \
     CNNSERVE_PORT=8001 \
+    CNNSERVE_HTTP_PORT=8000 \
     CNNSERVE_METRICS_PORT=8002 \
     CNNSERVE_GRACE_PERIOD=30
 USER 10001
-EXPOSE 8001 8002
+EXPOSE 8000 8001 8002
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
     CMD ["cnnserve", "health", "--url", "127.0.0.1:8001"]
 # Exec form: SIGTERM reaches the server itself (graceful drain), not a shell.

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import onnx
 import tritonclient.grpc.aio as triton_aio
+import tritonclient.http.aio as triton_http_aio
 from onnx import TensorProto, helper
 
 from bench.reliability import cpu_seconds
@@ -94,17 +95,25 @@ def build_repository(root: Path) -> None:
 class Process:
     """A server process started with `command`, its address read from its first lines."""
 
-    def __init__(self, command: Sequence[str], marker: str, cwd: Path = ROOT) -> None:
+    def __init__(
+        self, command: Sequence[str], marker: str, cwd: Path = ROOT, rest: bool = False
+    ) -> None:
+        env = {**os.environ, "CNNSERVE_HTTP_PORT": "0"}  # any free port (older commits: unread)
         self.process = subprocess.Popen(
-            list(command), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-        )
+            list(command), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            env=env,
+        )  # fmt: skip
         assert self.process.stdout is not None
-        self.address = ""
+        self.address = self.rest = ""
         for line in self.process.stdout:
             if line.startswith(marker):
                 self.address = line.split()[-1]
+                if not rest:
+                    break
+            elif line.strip().startswith("KServe v2 REST on "):
+                self.rest = line.split()[-1].removeprefix("http://")
                 break
-        if not self.address:
+        if not self.address or (rest and not self.rest):
             raise RuntimeError(f"{command} did not start")
 
     def stop(self) -> None:
@@ -129,13 +138,17 @@ class Measure:
         return self.requests / self.seconds
 
 
-def inputs_for(payload: Payload) -> list[triton_aio.InferInput]:
+def inputs_for(payload: Payload, rest: bool = False) -> list[Any]:
     rng = np.random.default_rng(0)
     data = (
         rng.random(payload.shape, dtype=np.float32)
         if payload.datatype == "FP32"
         else rng.integers(0, 256, payload.shape, dtype=np.uint8)
     )
+    if rest:
+        rest_tensor = triton_http_aio.InferInput("x", list(payload.shape), payload.datatype)
+        rest_tensor.set_data_from_numpy(data, binary_data=True)
+        return [rest_tensor]
     tensor = triton_aio.InferInput("x", list(payload.shape), payload.datatype)
     tensor.set_data_from_numpy(data)
     return [tensor]
@@ -150,10 +163,16 @@ async def closed_loop(
     warmup_s: float,
     duration_s: float,
     concurrency: int = CONCURRENCY,
+    rest: bool = False,
 ) -> Measure:
+    """`rest`: tritonclient.http.aio against the KServe v2 REST port (binary tensors)."""
     assert address.startswith("127.")
-    client = triton_aio.InferenceServerClient(address)
-    inputs = inputs_for(payload)
+    client: Any = (
+        triton_http_aio.InferenceServerClient(address)
+        if rest
+        else triton_aio.InferenceServerClient(address)
+    )
+    inputs = inputs_for(payload, rest)
     counting = False
     count = errors = 0
     stop = False
@@ -275,6 +294,7 @@ def run(
     with_profile: bool,
     base: Path | None = None,
     concurrency: int = CONCURRENCY,
+    with_rest: bool = False,
 ) -> int:
     repository = OUT / "overhead"
     build_repository(repository / "models")
@@ -290,10 +310,12 @@ def run(
         "--no-metrics",
     ]
     floor = Process([sys.executable, "-m", "bench.floor"], "floor listening on ")
-    server = Process(serve, "cnnserve listening on ")
+    server = Process(serve, "cnnserve listening on ", rest=with_rest)
     # --base: the same unary runs against another commit's server, for a before/after
     before = Process(serve, "cnnserve listening on ", cwd=base) if base is not None else None
     targets = [("floor", floor, False), ("unary", server, False), ("stream", server, True)]
+    if with_rest:
+        targets.append(("rest", server, False))
     if before is not None:
         targets.append(("base unary", before, False))
     results: dict[tuple[str, str], list[Measure]] = {}
@@ -302,9 +324,10 @@ def run(
             for payload in PAYLOADS:
                 for target, process, stream in targets:
                     model = "floor" if target == "floor" else payload.name
+                    rest = target == "rest"
                     measure = asyncio.run(
                         closed_loop(
-                            process.address,
+                            process.rest if rest else process.address,
                             model,
                             payload,
                             process.process.pid,
@@ -312,6 +335,7 @@ def run(
                             1.0,
                             duration_s,
                             concurrency,
+                            rest,
                         )
                     )
                     results.setdefault((payload.name, target), []).append(measure)
@@ -395,6 +419,14 @@ def report(
             f"{cells['stream'][0]:.0f} ({cells['stream'][1]:,.0f}) | {stream_ratio:.2f} |"
         )
     for payload in PAYLOADS:
+        rest_runs = results.get((payload.name, "rest"))
+        if rest_runs:  # no criterion: REST beside gRPC, as measured
+            rest_us = statistics.median(m.cpu_us for m in rest_runs)
+            unary_us = statistics.median(m.cpu_us for m in results[(payload.name, "unary")])
+            print(f"{payload.label}: REST {rest_us:.0f} us/req "
+                  f"({statistics.median(m.rate for m in rest_runs):,.0f} req/s), "
+                  f"REST / gRPC unary = {rest_us / unary_us:.2f}")  # fmt: skip
+    for payload in PAYLOADS:
         base_runs = results.get((payload.name, "base unary"))
         if base_runs:
             base_us = statistics.median(m.cpu_us for m in base_runs)
@@ -422,15 +454,21 @@ def main() -> int:
         default=CONCURRENCY,
         help="requests in flight (the criterion is stated at the default)",
     )
+    parser.add_argument(
+        "--rest", action="store_true", help="also measure the REST front end (tritonclient.http)"
+    )
     args = parser.parse_args()
     if args.base is None:
-        return run(args.rounds, args.seconds, args.profile, concurrency=args.concurrency)
+        return run(
+            args.rounds, args.seconds, args.profile, concurrency=args.concurrency,
+            with_rest=args.rest,
+        )  # fmt: skip
     with tempfile.TemporaryDirectory() as folder:
         base = Path(folder) / "base"
         subprocess.run(["git", "worktree", "add", "-q", "--detach", str(base), args.base],
                        cwd=ROOT, check=True)  # fmt: skip
         try:
-            return run(args.rounds, args.seconds, args.profile, base, args.concurrency)
+            return run(args.rounds, args.seconds, args.profile, base, args.concurrency, args.rest)
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=ROOT)
 

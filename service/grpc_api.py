@@ -179,6 +179,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             lambda model: decode_infer_request(request, model.check_headers),
             _encode,
             time_remaining,
+            "grpc",
         )
 
     async def ModelStreamInfer(

@@ -259,6 +259,7 @@ class HttpFrontEnd:
             lambda model: decode_infer(document, binary, model.check_headers),
             encode,
             None,  # HTTP carries no deadline; Triton's `timeout` parameter still applies
+            "http",
         )
 
     # -- repository ---------------------------------------------------------------------

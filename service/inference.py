@@ -45,6 +45,7 @@ class InferenceCore:
         decode: Decode,
         encode: Encode[Answer],
         time_remaining: float | None,
+        protocol: str,
     ) -> Answer:
         """One inference: the lease (a swap or unload of this version waits for it), the
         drain check, the front end's decode, the deadline, the run and the encode."""
@@ -84,14 +85,16 @@ class InferenceCore:
             self._in_flight -= 1
             if self._in_flight == 0:
                 self._idle.set()
-            self._record(model, code, rows, time.monotonic() - started)
+            self._record(model, code, protocol, rows, time.monotonic() - started)
 
-    def _record(self, model: ServedModel | None, code: Code, rows: int, seconds: float) -> None:
+    def _record(
+        self, model: ServedModel | None, code: Code, protocol: str, rows: int, seconds: float
+    ) -> None:
         if self.metrics is None:
             return
         # Unknown model names are not labels (a client could grow the series without bound).
         name, version = (model.name, str(model.version)) if model else (UNKNOWN_MODEL, "")
-        self.metrics.request_finished(name, version, code.value, seconds)
+        self.metrics.request_finished(name, version, code.value, protocol, seconds)
         if model is not None and model.metrics is not None:
             model.metrics.finished(code is Code.OK, rows, seconds)
 

@@ -148,9 +148,9 @@ class Metrics:
             ProcessCollector(registry=registry)
             PlatformCollector(registry=registry)
         self._stats: dict[tuple[str, str], ModelStats] = {}
-        # Labelled children by (model, version, code): `.labels()` costs as much as the
-        # observation itself, and this runs once per request.
-        self._request_children: dict[tuple[str, str, str], LoopHistogram] = {}
+        # Labelled children by (model, version, code, protocol): `.labels()` costs as much
+        # as the observation itself, and this runs once per request.
+        self._request_children: dict[tuple[str, str, str, str], LoopHistogram] = {}
         # The ModelMetrics that currently owns each (model, version) series: a reload of the
         # same version number hands them to the new one, and the old one must leave them be.
         self._owners: dict[tuple[str, str], ModelMetrics] = {}
@@ -159,8 +159,9 @@ class Metrics:
         labels = ("model", "version")
         self.request_duration = LoopHistograms(
             "cnnserve_request_duration_seconds",
-            "ModelInfer time on the server, from receipt to response, by gRPC status code",
-            (*labels, "code"),
+            "Inference time on the server, from receipt to response, by status code (gRPC's "
+            "names, for HTTP too) and protocol (grpc, http)",
+            (*labels, "code", "protocol"),
             DURATION_BUCKETS,
             registry,
         )
@@ -284,8 +285,10 @@ class Metrics:
             with suppress(KeyError):
                 self.model_ready.remove(*key)
 
-    def request_finished(self, model: str, version: str, code: str, seconds: float) -> None:
-        key = (model, version, code)
+    def request_finished(
+        self, model: str, version: str, code: str, protocol: str, seconds: float
+    ) -> None:
+        key = (model, version, code, protocol)
         child = self._request_children.get(key)
         if child is None:
             child = self._request_children[key] = self.request_duration.labels(*key)

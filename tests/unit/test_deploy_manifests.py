@@ -197,7 +197,12 @@ def test_drain_timeline_fits_the_grace_period() -> None:
     assert {"grpc"} == set(container["readinessProbe"]) - {"periodSeconds", "failureThreshold"}
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"grpc": 8001, "metrics": 8002}
+    assert ports == {"http": 8000, "grpc": 8001, "metrics": 8002}
+    # The image serves those ports (its CNNSERVE_* defaults) and exposes each of them.
+    dockerfile = (DEPLOY.parent / "Dockerfile").read_text()
+    assert "EXPOSE 8000 8001 8002" in dockerfile
+    for variable, port in (("HTTP_PORT", 8000), ("PORT", 8001), ("METRICS_PORT", 8002)):
+        assert f"CNNSERVE_{variable}={port}" in dockerfile
 
 
 def test_hpa_metric_is_the_one_the_adapter_serves() -> None:
