@@ -93,11 +93,13 @@ class VersionLoader:
         *,
         ort_spinning: bool = False,
         autotune_budget_s: float = default("autotune_budget_s"),
+        max_decode_pixels: int = default("max_decode_pixels"),
     ) -> None:
         self._make_scheduler = make_scheduler or scheduler_factory()
         self._metrics = metrics
         self._ort_spinning = ort_spinning
         self._autotune_budget_s = autotune_budget_s
+        self._max_decode_pixels = max_decode_pixels
 
     def load(self, model_dir: Path, version: int) -> ServedModel:
         """Blocking: read the config, build the sessions, warm up. Call from a thread."""
@@ -139,6 +141,7 @@ class VersionLoader:
             metrics=model_metrics,
             load_seconds=time.monotonic() - started,
             tuning=tuning,
+            max_decode_pixels=self._max_decode_pixels,
         )
 
     def _runners(

@@ -9,7 +9,6 @@ outputs and applies Triton's classification extension.
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -20,12 +19,13 @@ import numpy.typing as npt
 from service.autotune import Tuning
 from service.config import ModelConfig
 from service.errors import InvalidArgument
-from service.images import decode_batch
+from service.images import declared_pixels, decode_rows
 from service.metrics import ModelMetrics
 from service.preprocess import BoundPreprocess
 from service.records import DecodedRequest, RequestedOutput, TensorHeader
-from service.runtime import OnnxRunner
+from service.runtime import OnnxRunner, default_intra_op_threads
 from service.scheduler import Arrays, Scheduler
+from service.settings import default
 from service.signature import InputCheck, select_outputs
 from service.threads import name_os_thread
 
@@ -43,6 +43,7 @@ class ServedModel:
     metrics: ModelMetrics | None = None
     load_seconds: float = 0.0
     tuning: Tuning | None = None  # instances: auto, what the timing at load chose
+    max_decode_pixels: int = default("max_decode_pixels")  # encoded images, per request
     _decoder: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
     _users: int = field(default=0, init=False, repr=False)
     _unused: asyncio.Event = field(default_factory=asyncio.Event, init=False, repr=False)
@@ -67,7 +68,7 @@ class ServedModel:
         try:
             if self.preprocess is not None:
                 self._decoder = ThreadPoolExecutor(
-                    max_workers=os.cpu_count() or 1,
+                    max_workers=default_intra_op_threads(1),  # the cores this process may use
                     thread_name_prefix=f"decode-{self.name}",
                     initializer=name_os_thread,
                     initargs=("decode",),
@@ -136,12 +137,11 @@ class ServedModel:
             inputs = dict(inputs)
             assert self._decoder is not None
             self.scheduler.check_admission(request.batch_size, deadline)
-            images = inputs[pre.input_name].reshape(-1)
+            images = list(inputs[pre.input_name].reshape(-1))
+            declared_pixels(pre, images, self.max_decode_pixels)  # headers only: microseconds
             loop = asyncio.get_running_loop()
             started = loop.time()
-            inputs[pre.input_name] = await loop.run_in_executor(
-                self._decoder, decode_batch, pre, list(images)
-            )
+            inputs[pre.input_name] = await decode_rows(pre, images, self._decoder)
             if self.metrics is not None:
                 self.metrics.decoded(loop.time() - started)
         return await self.scheduler.submit(

@@ -69,6 +69,7 @@ class CnnserveServer:
             self.metrics,
             ort_spinning=settings.ort_spinning,
             autotune_budget_s=settings.autotune_budget_s,
+            max_decode_pixels=settings.max_decode_pixels,
         )
         self.repository = ModelRepository(
             settings.model_repository,

@@ -84,6 +84,8 @@ class ServerSettings:
     max_message_bytes: int = 64 * 1024 * 1024
     # instances: auto (service/autotune.py): seconds of in-process timing per model load.
     autotune_budget_s: float = 2.0
+    # Encoded images: the pixels all rows of one request may declare (ten 12 MP photos).
+    max_decode_pixels: int = 120_000_000
     tls: TlsSettings | None = None
     auth_token: str | None = field(default=None, repr=False)  # never logged
 
@@ -153,6 +155,8 @@ SERVE_OPTIONS: tuple[Option, ...] = (
            "largest gRPC message either way"),
     Option("autotune_budget_s", "--autotune-budget", "AUTOTUNE_BUDGET", positive_seconds,
            "instances: auto: seconds of timing per model load"),
+    Option("max_decode_pixels", "--max-decode-pixels", "MAX_DECODE_PIXELS", int,
+           "encoded images: pixels all rows of one request may declare"),
 )  # fmt: skip
 
 

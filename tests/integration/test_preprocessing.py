@@ -188,13 +188,103 @@ def test_encoded_photograph_equals_client_side_decoding(
     photo = photograph("astronaut")  # 512x512 RGB
     encoded = encode(photo, fmt)
     served = output(client.infer("photo", [bytes_input("x", [encoded])]), "y")
-    # Same library, same steps on the client: decode, RGB, bilinear resize, send pixels.
-    decoded = (
-        Image.open(io.BytesIO(encoded)).convert("RGB").resize((64, 64), Image.Resampling.BILINEAR)
-    )
-    pixels = np.asarray(decoded, dtype=np.uint8)[None]
-    from_pixels = output(client.infer("photo", [pixels_input("x", pixels)]), "y")
+    # Same library, same steps on the client: decode (JPEG: at the DCT scale >= 2x the
+    # input, as the server does), RGB, bilinear resize, send pixels.
+    from_pixels = output(client.infer("photo", [pixels_input("x", client_side(encoded))]), "y")
     np.testing.assert_array_equal(served, from_pixels)
+
+
+def client_side(encoded: bytes, draft: bool = True) -> np.ndarray:
+    """The server's decoding steps for the 64x64 'photo' model, done here."""
+    image = Image.open(io.BytesIO(encoded))
+    if draft and image.format == "JPEG":
+        image.draft("RGB" if image.mode in ("RGB", "L") else None, (128, 128))
+    decoded = image.convert("RGB").resize((64, 64), Image.Resampling.BILINEAR)
+    return np.asarray(decoded, dtype=np.uint8)[None]
+
+
+def camera_photo(name: str, size: tuple[int, int] = (4000, 3000), **save: object) -> bytes:
+    """A real photograph upscaled to a camera's size and re-encoded as JPEG."""
+    buffer = io.BytesIO()
+    photograph(name).convert("RGB").resize(size, Image.Resampling.BICUBIC).save(
+        buffer, format="JPEG", quality=90, **save
+    )
+    return buffer.getvalue()
+
+
+def test_scaled_jpeg_decoding_stays_close_to_full_decoding(
+    client: triton.InferenceServerClient,
+) -> None:
+    """A 12 MP photo decoded at 1/8 scale (500x375, >= 2x of 64x64) against full decoding:
+    the pixels the model sees differ by at most a few levels."""
+    photo = camera_photo("astronaut")
+    scaled, full = client_side(photo), client_side(photo, draft=False)
+    assert int(np.abs(scaled.astype(int) - full.astype(int)).max()) <= 8
+    served = output(client.infer("photo", [bytes_input("x", [photo])]), "y")
+    from_pixels = output(client.infer("photo", [pixels_input("x", scaled)]), "y")
+    np.testing.assert_array_equal(served, from_pixels)
+
+
+def _exif_rotated(image: Image.Image) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 CW to display
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=95, exif=exif.tobytes())
+    return buffer.getvalue()
+
+
+def _png(image: Image.Image) -> bytes:
+    return encode(image, "PNG")
+
+
+def test_photo_formats_decode_as_documented(client: triton.InferenceServerClient) -> None:
+    """Progressive and CMYK JPEGs decode; PNG alpha is dropped; 16-bit PNG is scaled to 8
+    bits; EXIF orientation is not applied (pixels as stored, as training pipelines read)."""
+    coffee = photograph("coffee").convert("RGB")  # 600x400
+    progressive = camera_photo("coffee", (1200, 800), progressive=True)
+    rgba = coffee.copy()
+    rgba.putalpha(Image.new("L", coffee.size, 40))
+    gray16 = np.asarray(coffee.convert("L"), dtype=np.uint16) * 257  # 8-bit values, widened
+    cases = {
+        "progressive": (progressive, client_side(progressive)),
+        "cmyk": (encode(coffee.convert("CMYK"), "JPEG"), None),
+        "alpha": (_png(rgba), client_side(_png(coffee))),
+        "16-bit": (_png(Image.fromarray(gray16)), client_side(_png(coffee.convert("L")))),
+        "exif": (_exif_rotated(coffee), client_side(encode(coffee, "JPEG"), draft=True)),
+    }
+    for name, (encoded, pixels) in cases.items():
+        served = output(client.infer("photo", [bytes_input("x", [encoded])]), "y")
+        assert served.shape == (1, 3, 64, 64), name
+        if pixels is not None:
+            expected = output(client.infer("photo", [pixels_input("x", pixels)]), "y")
+            if name == "exif":  # same pixels as stored, within JPEG re-encoding noise
+                assert float(np.abs(served - expected).max()) < 0.5, name
+            else:
+                np.testing.assert_array_equal(served, expected, err_msg=name)
+
+
+def _declares(width: int, height: int) -> bytes:
+    """A JPEG's header declaring width x height, then its data cut short."""
+    return camera_photo("camera", (width, height))[:2000]
+
+
+def test_the_decode_budget_refuses_before_any_decoding(
+    client: triton.InferenceServerClient,
+) -> None:
+    # 4 x 36 MP declared = 144 MP > the 120 MP budget: refused from the headers (the data
+    # is cut short, so decoding would have failed differently).
+    rows = [_declares(6000, 6000)] * 4
+    with pytest.raises(InferenceServerException) as refused:
+        client.infer("photo", [bytes_input("x", rows)])
+    assert "INVALID_ARGUMENT" in str(refused.value.status())
+    assert "declare 144,000,000 pixels, over the decode budget of 120,000,000" in (
+        refused.value.message()
+    )
+    # One of them is under the budget: its header passes, its short data fails to decode.
+    with pytest.raises(InferenceServerException) as short:
+        client.infer("photo", [bytes_input("x", rows[:1])])
+    assert "row 0: cannot decode image" in short.value.message()
+    assert client.is_server_live()
 
 
 def test_grayscale_png_to_an_rgb_model_is_converted(client: triton.InferenceServerClient) -> None:

@@ -4,6 +4,7 @@ loads, and says clearly what is wrong when it cannot (each a subprocess, as user
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -93,3 +94,23 @@ def test_the_time_limit_stops_the_sweep_and_keeps_what_was_measured(tmp_path: Pa
     assert "time limit: 1 of 2 settings measured" in done.stdout
     assert "max_batch_size 4" not in (out / "profile.md").read_text()
     assert yaml.safe_load((out / "config.yaml").read_text())["max_batch_size"] == 1
+
+
+def test_ctrl_c_leaves_the_partial_table(tmp_path: Path) -> None:
+    root, out = tiny_repository(tmp_path), tmp_path / "out"
+    command = [sys.executable, "-m", "service", "profile", "--model-repository", str(root),
+               "--model", "double", "--out", str(out), "--concurrency", "1", "--seconds",
+               "0.3", "--instances", "1", "--max-batch-sizes", "1,2,4,8,16,32",
+               "--queue-delays-us", "0,100,1000"]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    for line in process.stdout:  # the first setting is measured and in the table
+        if line.startswith("[1/18]"):
+            break
+    process.send_signal(signal.SIGINT)
+    rest, _ = process.communicate(timeout=120)
+    assert process.returncode == 130
+    assert "interrupted: the partial table is in" in rest
+    rows = [r for r in (out / "profile.md").read_text().splitlines() if r.startswith("| inst")]
+    assert 1 <= len(rows) < 18
+    assert not (out / "config.yaml").exists()
