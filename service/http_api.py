@@ -65,8 +65,10 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     except CnnserveError as exc:
         return error_response(exc.code, exc.message)
-    except web.HTTPException:
-        raise  # aiohttp's own answers (404 for an unknown path, 413 for a huge body)
+    except web.HTTPException as exc:  # aiohttp's own answers: 404 path, 405, 413 body
+        if exc.status < 400:
+            raise
+        return web.json_response({"error": f"{exc.reason}: {request.path}"}, status=exc.status)
     except Exception as exc:  # a bug: never let it look like a client error
         log.exception("internal error in %s %s", request.method, request.path)
         return error_response(Code.INTERNAL, f"internal error: {exc}")

@@ -234,3 +234,13 @@ def test_a_client_error_from_tritonclient_http_is_readable(server: ServerThread)
     with pytest.raises(InferenceServerException) as refused:
         client.get_model_metadata("nope")
     assert "unknown model 'nope'" in str(refused.value)
+
+
+def test_aiohttp_refusals_carry_the_json_error_body(tmp_path: Path) -> None:
+    with running_server(max_message_bytes=4096) as running:
+        base = running.server.http_url
+        status, answer = call(f"{base}/v2/models/digits/infer", b"{" + b" " * 10_000 + b"}")
+        assert status == 413 and "Request Entity Too Large" in json.loads(answer)["error"]
+        status, answer = call(f"{base}/v2/nowhere")
+        assert status == 404 and "Not Found: /v2/nowhere" in json.loads(answer)["error"]
+        assert call(f"{base}/v2/health/ready")[0] == 200
