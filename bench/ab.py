@@ -22,7 +22,7 @@ from bench.run import ROOT
 def start(cwd: Path, batching: str) -> tuple[subprocess.Popen[str], str]:
     process = subprocess.Popen(
         [sys.executable, "-m", "service", "serve", "--model-repository", str(ROOT / "models"),
-         "--port", "0", "--metrics-port", "0", "--batching", batching],
+         "--port", "0", "--metrics-port", "0", "--no-http", "--batching", batching],
         cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )  # fmt: skip
     assert process.stdout is not None

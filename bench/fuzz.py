@@ -28,7 +28,7 @@ def main() -> int:
     args = parser.parse_args()
     process, address = spawn_server(
         [sys.executable, "-m", "service", "serve", "--model-repository", str(EXAMPLE_MODELS),
-         "--port", "0", "--no-metrics"]
+         "--port", "0", "--no-metrics", "--no-http"]
     )  # fmt: skip
     codes: Counter[str] = Counter()
     bad: list[str] = []

@@ -18,7 +18,7 @@ for m in small resnet18; do
 done
 LOG=$PB/logs/cnnserve.log
 mkdir -p "$PB/logs"
-"$ROOT/.venv/bin/python" -m service serve --model-repository "$REPO" --port "$PORT" > "$LOG" 2>&1 &
+"$ROOT/.venv/bin/python" -m service serve --model-repository "$REPO" --port "$PORT" --no-http > "$LOG" 2>&1 &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true' EXIT
 for _ in $(seq 120); do grep -q "cnnserve listening on" "$LOG" && break; sleep 0.5; done

@@ -101,6 +101,23 @@ def decoding_table(photos: list[bytes], runner: OnnxRunner) -> tuple[float, floa
     return ms["full decoding"], ms["DCT scaling >= 2x (served)"]
 
 
+def budget_check_us(photos: list[bytes]) -> float:
+    """The decode budget's header pass over a request of 16 photos (nothing decoded)."""
+    from service.config import TensorSpec
+    from service.images import declared_pixels
+    from service.preprocess import bind, parse_preprocessing
+
+    spec = parse_preprocessing("resnet18", {"mode": "normalize"})
+    pre = bind("resnet18", spec, (TensorSpec("image", "FP32", (3, SIZE, SIZE)),), True)
+    rows = [photos[i % len(photos)] for i in range(16)]
+    runs = []
+    for _ in range(20):
+        began = time.perf_counter()
+        declared_pixels(pre, rows, 10**12)
+        runs.append((time.perf_counter() - began) * 1e6)
+    return statistics.median(runs)
+
+
 def in_process_rate(photos: list[bytes], runner: OnnxRunner, seconds: float) -> float:
     """Photos/s of decode (every core's threads) + onnxruntime at batch 8, pipelined."""
     pool = ThreadPoolExecutor(default_intra_op_threads(1))
@@ -150,6 +167,7 @@ def main() -> int:
     print(f"photos: {len(photos)} JPEGs of 4000x3000, {sum(map(len, photos)) / 4e6:.1f} MB each")
     runner = OnnxRunner(RESNET)
     full_ms, served_ms = decoding_table(photos, runner)
+    print(f"\ndecode budget check, 16 photos, headers only: {budget_check_us(photos):.0f} us")
     repository = OUT / "photos"
     if repository.exists():
         shutil.rmtree(repository)

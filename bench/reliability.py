@@ -40,7 +40,7 @@ import tritonclient.grpc as triton
 
 from bench.loadgen import LOOPBACK, METHOD, infer_request_bytes, run_level
 from bench.run import OUT, ROOT, ServerProcess, build_repository
-from service.bytes_tensor import serialize_bytes_tensor
+from service.tensor_contents import serialize_bytes_tensor
 from service.v2 import grpc_service_pb2 as pb
 from tests import onnx_models
 from tests.serving import free_port

@@ -94,6 +94,7 @@ class ServerProcess:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "service", "serve", "--model-repository", str(repository),
              "--port", "0", "--batching", "on" if batching else "off", "--metrics-port", "0",
+             "--no-http",
              *flags],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         )  # fmt: skip

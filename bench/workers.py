@@ -40,7 +40,7 @@ def free_port() -> int:
 
 def start(repository: str, port: int, cpu: int | None = None) -> subprocess.Popen[str]:
     command = [sys.executable, "-m", "service", "serve", "--model-repository", repository,
-               "--port", str(port), "--no-metrics"]  # fmt: skip
+               "--port", str(port), "--no-metrics", "--no-http"]  # fmt: skip
     if cpu is not None:
         command = ["taskset", "-c", str(cpu), *command]
     process = subprocess.Popen(

@@ -35,20 +35,20 @@ buildah "${STORAGE[@]}" build --isolation chroot \
   -t localhost/cnnserve:cpu "$ROOT"
 built=$(date +%s)
 # chroot isolation shares this machine's network: pick free loopback ports for this run.
-read -r GRPC_PORT METRICS_PORT < <(python3 -c 'import socket
+read -r GRPC_PORT METRICS_PORT HTTP_PORT < <(python3 -c 'import socket
 ports = []
-for _ in range(2):
+for _ in range(3):
     s = socket.socket(); s.bind(("127.0.0.1", 0)); ports.append(s); 
 print(*(s.getsockname()[1] for s in ports))')
 ctr=$(buildah "${STORAGE[@]}" from localhost/cnnserve:cpu)
 trap 'buildah "${STORAGE[@]}" rm "$ctr" >/dev/null 2>&1 || true' EXIT
 buildah "${STORAGE[@]}" run --isolation chroot -v "$ROOT/models:/models:ro" "$ctr" -- sh -c "
-  GRPC_PORT=$GRPC_PORT METRICS_PORT=$METRICS_PORT
+  GRPC_PORT=$GRPC_PORT METRICS_PORT=$METRICS_PORT HTTP_PORT=$HTTP_PORT
 "'
   set -e
   if python3 -c "import torch" 2>/dev/null; then echo "torch is in the image"; exit 1; fi
   cnnserve serve --host 127.0.0.1 --port "$GRPC_PORT" --metrics-port "$METRICS_PORT" \
-    > /tmp/serve.log 2>&1 &
+    --http-port "$HTTP_PORT" > /tmp/serve.log 2>&1 &
   server=$!
   trap "kill \$server 2>/dev/null || true" EXIT  # chroot isolation: nothing else reaps it
   for _ in $(seq 120); do grep -q "listening on" /tmp/serve.log && break; sleep 0.5; done
@@ -56,6 +56,8 @@ buildah "${STORAGE[@]}" run --isolation chroot -v "$ROOT/models:/models:ro" "$ct
   echo "running as uid $(id -u)"
   cnnserve health --url "127.0.0.1:$GRPC_PORT"
   cnnserve health --url "127.0.0.1:$GRPC_PORT" --service digits
+  python3 -c "import urllib.request; urllib.request.urlopen(\"http://127.0.0.1:$HTTP_PORT/v2/health/ready\")"
+  echo "REST ready on $HTTP_PORT"
   kill -TERM "$server"
   wait "$server"  # exits 0 after the graceful drain
   echo "server exited 0 on SIGTERM"

@@ -8,7 +8,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -166,38 +166,31 @@ def _profile_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
 
 
 def _profile_command(args: argparse.Namespace) -> int:
-    """`profile`: one line per error on stderr; exit 2 usage, 1 failure, 130 interrupted."""
-    from service.client import ClientError, UsageError
+    """`profile`: exit 0 with a config written, 2 usage, 1 failure, 130 interrupted."""
+    from service.client import UsageError
     from service.profiler import Sweep, parse_list, profile_repository, profile_running
     from service.runtime import default_intra_op_threads
 
+    budget = args.latency_budget_ms
+    if args.seconds <= 0 or args.time_limit <= 0 or (budget is not None and budget <= 0):
+        raise UsageError("--seconds, --time-limit and --latency-budget-ms must be > 0")
+    cores = default_intra_op_threads(1)
+    sweep = Sweep(
+        model=args.model,
+        concurrency=tuple(parse_list(args.concurrency, "concurrency", 1)),
+        seconds=args.seconds,
+        latency_budget_ms=budget,
+        out=args.out,
+        instances=tuple(parse_list(args.instances or f"1,{cores}", "instances", 1)),
+        max_batch_sizes=tuple(parse_list(args.max_batch_sizes, "max-batch-sizes", 1)),
+        queue_delays_us=tuple(parse_list(args.queue_delays_us, "queue-delays-us", 0)),
+        time_limit_s=args.time_limit,
+    )
     try:
-        if args.seconds <= 0 or (
-            args.latency_budget_ms is not None and args.latency_budget_ms <= 0
-        ):
-            raise UsageError("--seconds and --latency-budget-ms must be > 0")
-        cores = default_intra_op_threads(1)
-        sweep = Sweep(
-            model=args.model,
-            concurrency=tuple(parse_list(args.concurrency, "concurrency", 1)),
-            seconds=args.seconds,
-            latency_budget_ms=args.latency_budget_ms,
-            out=args.out,
-            instances=tuple(parse_list(args.instances or f"1,{cores}", "instances", 1)),
-            max_batch_sizes=tuple(parse_list(args.max_batch_sizes, "max-batch-sizes", 1)),
-            queue_delays_us=tuple(parse_list(args.queue_delays_us, "queue-delays-us", 0)),
-            time_limit_s=args.time_limit,
-        )
         if args.url:
             profile_running(args.url, sweep)
         else:
             profile_repository(args.model_repository, sweep)
-    except UsageError as exc:
-        print(f"cnnserve profile: {exc}", file=sys.stderr)
-        return 2
-    except ClientError as exc:
-        print(f"cnnserve profile: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         return 130
     return 0
@@ -315,31 +308,38 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         return 0
     if args.command in ("health", "infer"):
-        return _client_command(args)
+        return _one_line_errors(args.command, lambda: _client_command(args))
     if args.command == "profile":
-        return _profile_command(args)
+        return _one_line_errors(args.command, lambda: _profile_command(args))
     return 2
 
 
-def _client_command(args: argparse.Namespace) -> int:
-    """`health` and `infer`: one line per error on stderr; exit 1 for what the server said
-    (or could not be reached), 2 for a usage error, 0 otherwise."""
-    from service.client import ClientError, UsageError, classify_files, health_check
+def _one_line_errors(command: str, run: Callable[[], int]) -> int:
+    """The client commands' errors: one line on stderr; exit 2 for a usage error, 1 for
+    what the server said (or could not be reached)."""
+    from service.client import ClientError, UsageError
 
     try:
-        if args.command == "health":
-            status = health_check(args.url, args.service, args.timeout, _client_security(args))
-            print(f"{args.service or 'server'} at {args.url}: {status}")
-            return 0 if status == "SERVING" else 1
-        lines = classify_files(
-            args.url, args.model, args.images, args.top_k, _client_security(args), args.timeout
-        )
+        return run()
     except UsageError as exc:
-        print(f"cnnserve {args.command}: {exc}", file=sys.stderr)
+        print(f"cnnserve {command}: {exc}", file=sys.stderr)
         return 2
     except ClientError as exc:
-        print(f"cnnserve {args.command}: {exc}", file=sys.stderr)
+        print(f"cnnserve {command}: {exc}", file=sys.stderr)
         return 1
+
+
+def _client_command(args: argparse.Namespace) -> int:
+    """`health` (exit 0 when SERVING) and `infer` (prints the top classes)."""
+    from service.client import classify_files, health_check
+
+    if args.command == "health":
+        status = health_check(args.url, args.service, args.timeout, _client_security(args))
+        print(f"{args.service or 'server'} at {args.url}: {status}")
+        return 0 if status == "SERVING" else 1
+    lines = classify_files(
+        args.url, args.model, args.images, args.top_k, _client_security(args), args.timeout
+    )
     for line in lines:
         print(line)
     return 0

@@ -129,8 +129,9 @@ class Search(Generic[R]):
         trials: list[Trial] = []
         best: tuple[Trial, list[R]] | None = None
         for instances, threads in self._splits:
-            runners = [self._make_runner(threads) for _ in range(instances)]
+            runners: list[R] = []
             try:
+                runners.extend(self._make_runner(threads) for _ in range(instances))
                 trial = self._best_batch(runners, instances, threads, trials)
             except BaseException:
                 _close(runners)

@@ -8,22 +8,28 @@ here (see `signature.py`): this module only checks that a tensor is self-consist
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import numpy.typing as npt
 
-from service.bytes_tensor import deserialize_bytes_tensor, serialize_bytes_tensor
-from service.datatypes import DATATYPES, Datatype, from_numpy
+from service.datatypes import DATATYPES, Datatype
 from service.errors import InvalidArgument
 from service.records import (
     NO_PARAMETERS,
     DecodedRequest,
     HeaderCheck,
+    NamedOutputs,
     ParamValue,
     RequestedOutput,
     TensorHeader,
+)
+from service.tensor_contents import (
+    checked_integers,
+    from_raw,
+    input_datatype,
+    output_datatype,
+    serialize_bytes_tensor,
 )
 from service.v2 import grpc_service_pb2 as pb
 
@@ -66,36 +72,11 @@ def _element_count(name: str, shape: Sequence[int]) -> int:
     return count
 
 
-def _datatype(name: str, datatype: str) -> Datatype:
-    try:
-        return DATATYPES[datatype]
-    except KeyError:
-        known = ", ".join(DATATYPES)
-        raise InvalidArgument(
-            f"input '{name}': unknown datatype '{datatype}' (expected one of {known})"
-        ) from None
-
-
 def _mixed_contents(name: str) -> InvalidArgument:
     return InvalidArgument(
         f"input '{name}': typed contents and raw_input_contents are mixed in one request; "
         "use one or the other for every input"
     )
-
-
-def _decode_raw(
-    name: str, dt: Datatype, shape: Sequence[int], raw: bytes
-) -> npt.NDArray[np.generic]:
-    count = math.prod(shape)  # dims are known >= 0 (read_headers)
-    if dt.name == "BYTES":
-        return deserialize_bytes_tensor(name, raw, count).reshape(shape)
-    expected = count * dt.numpy.itemsize
-    if len(raw) != expected:
-        raise InvalidArgument(
-            f"input '{name}': raw contents hold {len(raw)} bytes, but shape {list(shape)} "
-            f"of {dt.name} needs {expected} bytes"
-        )
-    return np.frombuffer(raw, dtype=dt.numpy).reshape(shape)
 
 
 def _decode_typed(
@@ -124,19 +105,9 @@ def _decode_typed(
         array = np.empty(count, dtype=np.object_)
         array[:] = list(values)
         return array.reshape(shape)
-    try:
-        # Out-of-range values (e.g. 300 for UINT8) are a client error, not a silent wrap.
-        checked = np.asarray(values, dtype=np.int64 if dt.numpy.kind in "iu" else None)
-        if dt.numpy.kind in "iu":
-            info = np.iinfo(dt.numpy.type)  # type: ignore[type-var]
-            if checked.size and (checked.min() < info.min or checked.max() > info.max):
-                raise InvalidArgument(
-                    f"input '{name}': {dt.contents_field} holds values outside the {dt.name} "
-                    f"range [{info.min}, {info.max}]"
-                )
-        return checked.astype(dt.numpy).reshape(shape)
-    except OverflowError:
-        raise InvalidArgument(f"input '{name}': values overflow {dt.name}") from None
+    if dt.numpy.kind in "iu":
+        return checked_integers(name, dt, values, dt.contents_field).reshape(shape)
+    return np.asarray(values, dtype=dt.numpy).reshape(shape)
 
 
 def read_headers(request: pb.ModelInferRequest) -> list[TensorHeader]:
@@ -157,7 +128,7 @@ def read_headers(request: pb.ModelInferRequest) -> list[TensorHeader]:
             raise InvalidArgument(f"input '{name}' is given twice")
         seen.add(name)
         if datatype not in DATATYPES:
-            _datatype(name, datatype)  # raises, naming the input
+            input_datatype(name, datatype)  # raises, naming the input
         if shape and min(shape) < 0:
             _element_count(name, shape)  # raises, naming the input
         headers.append(TensorHeader(name, datatype, shape))
@@ -181,7 +152,7 @@ def decode_infer_request(
         if raw:  # the common case
             if has_typed:
                 raise _mixed_contents(name)
-            inputs[name] = _decode_raw(name, dt, shape, raw[index])
+            inputs[name] = from_raw(name, dt, shape, raw[index])
         elif has_typed:
             inputs[name] = _decode_typed(name, dt, shape, tensor.contents)
         else:
@@ -206,7 +177,7 @@ def _decode_one_raw(
     its Python several times over (bench/README.md, "Serving cost per request")."""
     tensor = request.inputs[0]
     name, datatype, shape = tensor.name, tensor.datatype, tuple(tensor.shape)
-    dt = _datatype(name, datatype)
+    dt = input_datatype(name, datatype)
     if shape and min(shape) < 0:
         _element_count(name, shape)  # raises, naming the input
     batch_size = check_headers((TensorHeader(name, datatype, shape),))
@@ -214,7 +185,7 @@ def _decode_one_raw(
         raise _mixed_contents(name)
     return DecodedRequest(
         request.id,
-        {name: _decode_raw(name, dt, shape, raw)},
+        {name: from_raw(name, dt, shape, raw)},
         batch_size,
         (),
         parameters_to_dict(request.parameters),
@@ -226,14 +197,14 @@ def encode_infer_response(
     model_name: str,
     model_version: str,
     request_id: str,
-    outputs: Sequence[tuple[str, npt.NDArray[np.generic]]],
+    outputs: NamedOutputs,
 ) -> pb.ModelInferResponse:
     """Build the response with raw_output_contents: one `tobytes` per output."""
     response = pb.ModelInferResponse(
         model_name=model_name, model_version=model_version, id=request_id
     )
     for name, array in outputs:
-        dt = from_numpy(array.dtype) if array.dtype.kind not in "OSU" else DATATYPES["BYTES"]
+        dt = output_datatype(array)
         response.outputs.add(name=name, datatype=dt.name, shape=array.shape)
         if dt.name == "BYTES":
             response.raw_output_contents.append(serialize_bytes_tensor(array))

@@ -24,10 +24,16 @@ from service.codec import (
 )
 from service.errors import CnnserveError, Code, InvalidArgument, NotFound, Unavailable
 from service.grpc_stream import InferenceStream, stream_error
-from service.inference import InferenceCore, Outputs
+from service.inference import InferenceCore
 from service.model import ServedModel
-from service.records import DecodedRequest
-from service.triton_config import metadata_parameters, model_config_message, statistics_message
+from service.records import DecodedRequest, NamedOutputs
+from service.triton_config import (
+    EXTENSIONS,
+    SERVER_NAME,
+    metadata_parameters,
+    model_config_message,
+    statistics_response,
+)
 from service.v2 import grpc_service_pb2 as pb
 from service.v2 import grpc_service_pb2_grpc as pb_grpc
 
@@ -37,15 +43,6 @@ Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 Context = grpc.aio.ServicerContext[Any, Any]
 Handler = Callable[["InferenceServicer", Req, Context], Awaitable[Resp]]
-
-SERVER_NAME = "cnnserve"
-EXTENSIONS: tuple[str, ...] = (
-    "classification",
-    "model_configuration",
-    "model_repository",
-    "schedule_policy",
-    "statistics",
-)
 
 
 def grpc_status(code: Code) -> grpc.StatusCode:
@@ -228,16 +225,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.ModelStatisticsResponse:
         if request.name:
             self._repository.get(request.name, request.version)  # NOT_FOUND if unknown
-        response = pb.ModelStatisticsResponse()
-        if self._metrics is None:
-            return response
-        for (name, version), stats in sorted(self._metrics.all_stats().items()):
-            if request.name and name != request.name:
-                continue
-            if request.version and version != request.version:
-                continue
-            statistics_message(stats, response.model_stats.add(name=name, version=version))
-        return response
+        return statistics_response(self._metrics, request.name, request.version)
 
     @_boundary
     async def RepositoryIndex(
@@ -274,7 +262,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.RepositoryModelUnloadResponse()
 
 
-def _encode(model: ServedModel, decoded: DecodedRequest, outputs: Outputs) -> pb.ModelInferResponse:
+def _encode(
+    model: ServedModel, decoded: DecodedRequest, outputs: NamedOutputs
+) -> pb.ModelInferResponse:
     return encode_infer_response(
         model_name=model.name,
         model_version=str(model.version),

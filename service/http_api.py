@@ -2,9 +2,10 @@
 
 aiohttp's server runs on the same loop as gRPC and calls the same core (InferenceCore:
 leases, drain, deadlines, batcher, metrics); service/http_codec.py turns bodies into the
-same records. Chosen by measurement (bench/README.md, "HTTP/REST"): aiohttp and
-uvicorn + starlette cost the same server CPU per request within noise (111 vs 97 us for a
-trivial JSON handler at c=32), and aiohttp embeds in a running loop without taking over
+same records. Chosen by measurement (`python -m bench.http_stack`, bench/README.md,
+"HTTP/REST"): aiohttp and uvicorn + starlette cost the same server CPU per request within
+noise (99 vs 108 us, and 111 vs 97 in another run, for a trivial JSON handler at c=32),
+and aiohttp embeds in a running loop without taking over
 the process's signals, which the drain needs. `_errors` is the one place where errors
 become HTTP statuses, with Triton's `{"error": "..."}` body.
 """
@@ -23,23 +24,22 @@ from google.protobuf import json_format
 from service import __version__
 from service.errors import CnnserveError, Code, ConfigError, InvalidArgument, Unavailable
 from service.http_codec import HEADER_LENGTH, decode_infer, encode_infer, split_body
-from service.inference import InferenceCore, Outputs
+from service.inference import InferenceCore
 from service.metrics import Metrics
 from service.model import ServedModel
-from service.records import DecodedRequest
+from service.records import DecodedRequest, NamedOutputs
 from service.settings import TlsSettings, read_tls_file
 from service.triton_config import (
+    EXTENSIONS,
+    SERVER_NAME,
     metadata_parameters,
     model_config_message,
-    statistics_message,
+    statistics_response,
 )
-from service.v2 import grpc_service_pb2 as pb
 
 log = logging.getLogger(__name__)
 
-SERVER_NAME = "cnnserve"
-EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration",
-              "model_repository", "schedule_policy", "statistics"]  # fmt: skip
+HTTP_EXTENSIONS = sorted(("binary_tensor_data", *EXTENSIONS))
 STATUS = {
     Code.INVALID_ARGUMENT: 400,
     Code.FAILED_PRECONDITION: 400,
@@ -177,7 +177,7 @@ class HttpFrontEnd:
 
     async def server_metadata(self, request: web.Request) -> web.Response:
         return web.json_response(
-            {"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS}
+            {"name": SERVER_NAME, "version": __version__, "extensions": HTTP_EXTENSIONS}
         )
 
     async def live(self, request: web.Request) -> web.Response:
@@ -227,20 +227,16 @@ class HttpFrontEnd:
         version = request.match_info.get("version", "")
         if name:
             self._repository.get(name, version)  # 404 if unknown
-        response = pb.ModelStatisticsResponse()
-        if self._metrics is not None:
-            for (model, ver), stats in sorted(self._metrics.all_stats().items()):
-                if (name and model != name) or (version and ver != version):
-                    continue
-                statistics_message(stats, response.model_stats.add(name=model, version=ver))
-        return web.json_response(_json(response))
+        return web.json_response(_json(statistics_response(self._metrics, name, version)))
 
     async def infer(self, request: web.Request) -> web.Response:
         body = await request.read()
         document, binary = split_body(body, request.headers.get(HEADER_LENGTH))
         info = request.match_info
 
-        def encode(model: ServedModel, decoded: DecodedRequest, outputs: Outputs) -> web.Response:
+        def encode(
+            model: ServedModel, decoded: DecodedRequest, outputs: NamedOutputs
+        ) -> web.Response:
             payload, json_length = encode_infer(
                 model_name=model.name,
                 model_version=str(model.version),
@@ -292,9 +288,7 @@ class HttpFrontEnd:
 
     async def unload(self, request: web.Request) -> web.Response:
         self._repository.control_mode.require_explicit("unload")
-        name = request.match_info["model"]
-        self._repository.entry(name)
-        await self._repository.unload(name)
+        await self._repository.unload(request.match_info["model"])  # unknown: 404
         return web.json_response({})
 
 

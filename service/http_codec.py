@@ -14,27 +14,33 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from service.bytes_tensor import deserialize_bytes_tensor, serialize_bytes_tensor
-from service.datatypes import DATATYPES, Datatype, from_numpy
+from service.datatypes import DATATYPES, Datatype
 from service.errors import InvalidArgument
 from service.records import (
     NO_PARAMETERS,
     DecodedRequest,
     HeaderCheck,
+    NamedOutputs,
     ParamValue,
     RequestedOutput,
     TensorHeader,
 )
+from service.tensor_contents import (
+    checked_integers,
+    from_raw,
+    input_datatype,
+    output_datatype,
+    serialize_bytes_tensor,
+)
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 BINARY_SIZE = "binary_data_size"
-Outputs = Sequence[tuple[str, npt.NDArray[np.generic]]]
 
 
 def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:
@@ -78,16 +84,12 @@ def _header(index: int, tensor: object) -> TensorHeader:
     name, datatype, shape = tensor.get("name"), tensor.get("datatype"), tensor.get("shape")
     if not isinstance(name, str) or not name:
         raise InvalidArgument(f"inputs[{index}]: 'name' must be a non-empty string")
-    if datatype not in DATATYPES:
-        known = ", ".join(DATATYPES)
-        raise InvalidArgument(
-            f"input '{name}': unknown datatype {datatype!r} (expected one of {known})"
-        )
+    dt = input_datatype(name, str(datatype))  # unknown: raises, naming the input
     if not isinstance(shape, list) or not all(
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
     ):
         raise InvalidArgument(f"input '{name}': 'shape' must be a list of integers >= 0")
-    return TensorHeader(name, datatype, tuple(shape))
+    return TensorHeader(name, dt.name, tuple(shape))
 
 
 def decode_infer(
@@ -156,16 +158,7 @@ def _binary_input(
             "follow the JSON"
         )
     data = binary[offset : offset + size]
-    count = math.prod(header.shape)
-    if dt.name == "BYTES":
-        return deserialize_bytes_tensor(name, data, count).reshape(header.shape), offset + size
-    expected = count * dt.numpy.itemsize
-    if size != expected:
-        raise InvalidArgument(
-            f"input '{name}': {size} binary bytes, but shape {list(header.shape)} of "
-            f"{dt.name} needs {expected}"
-        )
-    return np.frombuffer(data, dtype=dt.numpy).reshape(header.shape), offset + size
+    return from_raw(name, dt, header.shape, data, "binary data"), offset + size
 
 
 def _json_input(header: TensorHeader, data: object) -> npt.NDArray[np.generic]:
@@ -219,11 +212,7 @@ def _typed_array(name: str, dt: Datatype, flat: list[Any]) -> npt.NDArray[np.gen
     if kind in "iu":
         if any(isinstance(v, float) for v in flat):
             raise InvalidArgument(f"input '{name}': {dt.name} data must be integers")
-        info = np.iinfo(dt.numpy.type)  # type: ignore[type-var]
-        if flat and (min(flat) < info.min or max(flat) > info.max):
-            raise InvalidArgument(
-                f"input '{name}': values outside the {dt.name} range [{info.min}, {info.max}]"
-            )
+        return checked_integers(name, dt, flat, "'data'")
     return np.asarray(flat, dtype=dt.numpy)
 
 
@@ -232,7 +221,7 @@ def encode_infer(
     model_name: str,
     model_version: str,
     request: DecodedRequest,
-    outputs: Outputs,
+    outputs: NamedOutputs,
 ) -> tuple[bytes, int | None]:
     """The response body, and the JSON's length when binary outputs follow it (else None)."""
     all_binary = request.parameters.get("binary_data_output") is True
@@ -240,7 +229,7 @@ def encode_infer(
     described: list[dict[str, Any]] = []
     chunks: list[bytes] = []
     for name, array in outputs:
-        dt = DATATYPES["BYTES"] if array.dtype.kind in "OSU" else from_numpy(array.dtype)
+        dt = output_datatype(array)
         entry: dict[str, Any] = {"name": name, "datatype": dt.name, "shape": list(array.shape)}
         if asked.get(name, all_binary) is True:
             data = _binary_output(dt, array)

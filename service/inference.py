@@ -7,23 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TypeVar
-
-import numpy as np
-import numpy.typing as npt
 
 from service.deadlines import TIMEOUT_PARAMETER, request_deadline
 from service.errors import CnnserveError, Code, Unavailable
 from service.metrics import UNKNOWN_MODEL, Metrics
 from service.model import ServedModel
-from service.records import DecodedRequest
+from service.records import DecodedRequest, NamedOutputs
 from service.repository import ModelRepository
 
 Answer = TypeVar("Answer")
-Outputs = Sequence[tuple[str, npt.NDArray[np.generic]]]
 Decode = Callable[[ServedModel], DecodedRequest]
-Encode = Callable[[ServedModel, DecodedRequest, Outputs], Answer]
+Encode = Callable[[ServedModel, DecodedRequest, NamedOutputs], Answer]
 
 
 class InferenceCore:

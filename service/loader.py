@@ -182,11 +182,18 @@ class VersionLoader:
         unless stated, max_batch_size). On CUDA one instance per device: only the batch."""
         on_cuda = probe[0].provider == CUDA
         threads = probe[0].intra_op_threads
-        for runner in probe:  # the search builds its own sessions
-            runner.close()
+        spare = list(probe)  # already built: the search's first split (1 x every core) reuses it
+
+        def make(n: int) -> OnnxRunner:
+            reusable = next((r for r in spare if r.intra_op_threads == n), None)
+            if reusable is not None:
+                spare.remove(reusable)
+                return reusable
+            return self._runner(path, overrides, prepared, n)
+
         search = Search(
             config.name,
-            lambda n: self._runner(path, overrides, prepared, n),
+            make,
             lambda size: zero_feeds(config, size if config.batched else 0),
             [spec.name for spec in config.outputs],
             cores=default_intra_op_threads(1),
@@ -195,7 +202,11 @@ class VersionLoader:
             budget_s=self._autotune_budget_s,
             splits=[(1, threads)] if on_cuda else None,
         )
-        tuning, runners = search.run()
+        try:
+            tuning, runners = search.run()
+        finally:
+            for runner in spare:  # built and never asked for
+                runner.close()
         chosen = replace(config, instances=tuning.instances)
         if overrides.max_batch_size is None and config.batched:
             chosen = replace(chosen, max_batch_size=tuning.max_batch_size)

@@ -203,7 +203,8 @@ def scratch_server(repository: Path, model: str, log: Path) -> Iterator[tuple[st
         copy = Path(folder) / model
         shutil.copytree(source, copy)
         command = [sys.executable, "-m", "service", "serve", "--model-repository", folder,
-                   "--port", "0", "--no-metrics", "--model-control-mode", "explicit"]  # fmt: skip
+                   "--port", "0", "--no-metrics", "--no-http",
+                   "--model-control-mode", "explicit"]  # fmt: skip
         with log.open("w") as errors:
             process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors, text=True)
         try:

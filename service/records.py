@@ -40,6 +40,10 @@ class TensorHeader(NamedTuple):
 HeaderCheck = Callable[[Sequence[TensorHeader]], int]
 
 
+# What a model answers: (output name, array) in the order the outputs were asked for.
+NamedOutputs = Sequence[tuple[str, npt.NDArray[np.generic]]]
+
+
 class DecodedRequest(NamedTuple):
     """An inference request whose inputs passed the model's header check and were decoded."""
 

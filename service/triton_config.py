@@ -8,7 +8,7 @@ tensor shapes and the batching policy. Only the fields cnnserve has are filled.
 from __future__ import annotations
 
 from service.layout import LABELS_FILE
-from service.metrics import ModelStats
+from service.metrics import Metrics, ModelStats
 from service.model import ServedModel
 from service.records import ParamValue
 from service.v2 import grpc_service_pb2 as pb
@@ -54,6 +54,31 @@ def model_config_message(model: ServedModel) -> mc.ModelConfig:
         policy.allow_timeout_override = True
     message.parameters["execution_provider"].string_value = model.runner.provider
     return message
+
+
+SERVER_NAME = "cnnserve"
+# The protocol extensions both front ends serve (HTTP adds binary_tensor_data).
+EXTENSIONS: tuple[str, ...] = (
+    "classification",
+    "model_configuration",
+    "model_repository",
+    "schedule_policy",
+    "statistics",
+)
+
+
+def statistics_response(
+    metrics: Metrics | None, name: str = "", version: str = ""
+) -> pb.ModelStatisticsResponse:
+    """Triton's statistics of every served version, or of `name` (and `version`)."""
+    response = pb.ModelStatisticsResponse()
+    if metrics is None:
+        return response
+    for (model, ver), stats in sorted(metrics.all_stats().items()):
+        if (name and model != name) or (version and ver != version):
+            continue
+        statistics_message(stats, response.model_stats.add(name=model, version=ver))
+    return response
 
 
 def statistics_message(stats: ModelStats, message: pb.ModelStatistics) -> None:

@@ -11,6 +11,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 from tests.serving import EXAMPLE_MODELS, REPO_ROOT, free_port, spawn_server
@@ -50,11 +51,13 @@ def test_entrypoint_serves_and_healthcheck_answers() -> None:
     healthcheck = exec_form(stage, "HEALTHCHECK .* CMD")
     env = image_env(stage)
     assert env["CNNSERVE_MODEL_REPOSITORY"] == "/models"
-    grpc_port, metrics_port = free_port(), free_port()
+    assert env["CNNSERVE_HTTP_PORT"] == "8000"
+    grpc_port, metrics_port, http_port = free_port(), free_port(), free_port()
     env.update(
         CNNSERVE_MODEL_REPOSITORY=str(EXAMPLE_MODELS),  # the volume a container mounts
         CNNSERVE_PORT=str(grpc_port),
         CNNSERVE_METRICS_PORT=str(metrics_port),
+        CNNSERVE_HTTP_PORT=str(http_port),
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
     )
     process, address = spawn_server(entrypoint, env)
@@ -64,6 +67,8 @@ def test_entrypoint_serves_and_healthcheck_answers() -> None:
         result = subprocess.run(check, env=env, capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stdout + result.stderr
         assert "SERVING" in result.stdout
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v2/health/ready") as ready:
+            assert ready.status == 200  # the REST port the image exposes serves too
         # Exec form: the signal reaches the server, which drains and exits 0.
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0

@@ -3,8 +3,10 @@ loads, and says clearly what is wrong when it cannot (each a subprocess, as user
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,9 +21,9 @@ QUICK = ["--concurrency", "1,2", "--seconds", "0.3", "--instances", "1",
          "--max-batch-sizes", "1,4", "--queue-delays-us", "0"]  # fmt: skip
 
 
-def profile(*args: str) -> subprocess.CompletedProcess[str]:
+def profile(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "service", "profile", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=180)
+    return subprocess.run(command, capture_output=True, text=True, timeout=180, env=env)
 
 
 def tiny_repository(tmp_path: Path) -> Path:
@@ -79,6 +81,7 @@ def test_bad_numbers_are_usage_errors(tmp_path: Path) -> None:
     root = tiny_repository(tmp_path)
     for flags, message in (
         (["--seconds", "0"], "must be > 0"),
+        (["--time-limit", "0"], "--seconds, --time-limit and --latency-budget-ms must be > 0"),
         (["--concurrency", "0"], "--concurrency: values must be >= 1"),
         (["--max-batch-sizes", "x"], "expected comma-separated integers"),
     ):
@@ -114,3 +117,16 @@ def test_ctrl_c_leaves_the_partial_table(tmp_path: Path) -> None:
     rows = [r for r in (out / "profile.md").read_text().splitlines() if r.startswith("| inst")]
     assert 1 <= len(rows) < 18
     assert not (out / "config.yaml").exists()
+
+
+def test_the_scratch_server_takes_no_port_but_its_own(tmp_path: Path) -> None:
+    """A server already on the REST port (the default 8000 in real use) does not stop the
+    scratch server: it serves gRPC on a free port and no REST or metrics at all."""
+    root = tiny_repository(tmp_path)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        env = {**os.environ, "CNNSERVE_HTTP_PORT": str(taken.getsockname()[1])}
+        done = profile("--model-repository", str(root), "--model", "double", "--out",
+                       str(tmp_path / "out"), "--time-limit", "0.001", *QUICK, env=env)  # fmt: skip
+    assert done.returncode == 0, done.stderr

@@ -5,7 +5,6 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from service.bytes_tensor import deserialize_bytes_tensor, serialize_bytes_tensor
 from service.codec import (
     decode_infer_request,
     encode_infer_response,
@@ -13,6 +12,7 @@ from service.codec import (
 )
 from service.errors import InvalidArgument
 from service.records import TensorHeader
+from service.tensor_contents import deserialize_bytes_tensor, serialize_bytes_tensor
 from service.v2 import grpc_service_pb2 as pb
 
 
