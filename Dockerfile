@@ -1,7 +1,7 @@
 # cnnserve image. Default: CUDA 12 + cuDNN 9 runtime with onnxruntime-gpu.
 # CPU variant (slim, plain onnxruntime):
 #   --build-arg BASE_IMAGE=debian:bookworm-slim --build-arg ONNXRUNTIME=onnxruntime==1.31.1 \
-#   --build-arg NVML=
+#   --build-arg NVML= --build-arg NVIMGCODEC=
 # The image holds the service only: no torch, no export code, no models (mount them at
 # /models, or /mnt/models under KServe, and set CNNSERVE_MODEL_REPOSITORY accordingly).
 ARG BASE_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
@@ -10,6 +10,8 @@ FROM ${BASE_IMAGE} AS build
 ARG ONNXRUNTIME=onnxruntime-gpu==1.31.1
 # NVML bindings (module pynvml) for the GPU memory metrics; empty for the CPU variant.
 ARG NVML=nvidia-ml-py==13.615.71
+# nvImageCodec + nvJPEG: JPEGs decoded on the GPU (decode: auto | gpu); empty for the CPU variant.
+ARG NVIMGCODEC=nvidia-nvimgcodec-cu12[nvjpeg]==0.9.0.20
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv \
@@ -21,7 +23,9 @@ COPY service /src/service
 RUN /opt/cnnserve/bin/pip install --no-cache-dir /src \
     && /opt/cnnserve/bin/pip uninstall -y onnxruntime \
     && /opt/cnnserve/bin/pip install --no-cache-dir "${ONNXRUNTIME}" \
-    && if [ -n "${NVML}" ]; then /opt/cnnserve/bin/pip install --no-cache-dir "${NVML}"; fi
+    && if [ -n "${NVML}" ]; then /opt/cnnserve/bin/pip install --no-cache-dir "${NVML}"; fi \
+    && if [ -n "${NVIMGCODEC}" ]; then \
+         /opt/cnnserve/bin/pip install --no-cache-dir "${NVIMGCODEC}"; fi
 
 FROM ${BASE_IMAGE}
 # hadolint ignore=DL3008

@@ -8,9 +8,11 @@ extras (made where there is network; this script downloads nothing):
    binding) at batch 1..64: the best images/s;
 4. cnnserve serving both on a loopback port (batch-1 requests from bench/loadgen.py at
    concurrency 1, 8, 32, 128);
-5. prints a markdown table of images/s, p50/p99 and served / in-process best.
+5. prints a markdown table of images/s, p50/p99 and served / in-process best;
+6. `python -m bench.photos --model resnet50` with `--decode cpu` and `--decode gpu`: 12 MP
+   camera JPEGs decoded by Pillow or by nvImageCodec on the GPU, served vs in-process.
 `--allow-cpu` runs the same on the CPU with short windows (to check the script itself).
-Bounded: about 4 minutes on a GPU with the defaults.
+Bounded: about 5 minutes on a GPU with the defaults.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ def main() -> int:
     parser.add_argument("--allow-cpu", action="store_true", help="check the script on a CPU")
     parser.add_argument("--seconds", type=float, default=8.0, help="per served level")
     parser.add_argument("--skip-tests", action="store_true")
+    parser.add_argument("--skip-photos", action="store_true", help="no bench.photos runs")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 128])
     args = parser.parse_args()
     preload = getattr(ort, "preload_dlls", None)
@@ -81,7 +84,8 @@ def main() -> int:
     if not args.skip_tests:
         tests = subprocess.run(
             [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-             "tests/unit/test_warmup_runtime.py", "tests/integration/test_io_binding.py"],
+             "tests/unit/test_warmup_runtime.py", "tests/integration/test_io_binding.py",
+             "tests/unit/test_device_images.py"],
             cwd=ROOT, check=False,
         )  # fmt: skip
         if tests.returncode != 0:
@@ -128,8 +132,19 @@ def main() -> int:
             )
     finally:
         server.stop()
-    print("\n".join(table))
-    return 0
+    print("\n".join(table), flush=True)
+    if args.skip_photos:
+        return 0
+    # 12 MP camera JPEGs to the ResNet-50 (fp32): decoding on the CPU, then on the GPU.
+    failed = 0
+    for decode in ("cpu", "gpu") if has_cuda else ("cpu",):
+        photos = subprocess.run(
+            [sys.executable, "-m", "bench.photos", "--model", "resnet50", "--decode", decode,
+             "--seconds", str(min(seconds, 5.0))],
+            cwd=ROOT, check=False,
+        )  # fmt: skip
+        failed |= photos.returncode != 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

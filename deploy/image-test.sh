@@ -31,7 +31,7 @@ buildah "${STORAGE[@]}" build --isolation chroot \
   --volume /etc/ssl/certs/ca-certificates.crt:/run/host-ca.crt:ro \
   --volume "$WORK/pip.conf:/etc/pip.conf:ro" \
   --build-arg BASE_IMAGE=localhost/debian:bookworm-mmdebstrap \
-  --build-arg ONNXRUNTIME=onnxruntime==1.31.1 --build-arg NVML= \
+  --build-arg ONNXRUNTIME=onnxruntime==1.31.1 --build-arg NVML= --build-arg NVIMGCODEC= \
   -t localhost/cnnserve:cpu "$ROOT"
 built=$(date +%s)
 # chroot isolation shares this machine's network: pick free loopback ports for this run.

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
+from service.device_rows import DeviceRows
 from service.errors import CnnserveError, DeadlineExceeded
-from service.scheduler import Arrays
+from service.scheduler import Arrays, Feed, Feeds
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ class PendingRequest:
 
     def __init__(
         self,
-        inputs: Mapping[str, npt.NDArray[np.generic]],
+        inputs: Feeds,
         output_names: tuple[str, ...],
         rows: int,  # in the queue's accounting: the batch size, or 1 when never merged
         batch_size: int,  # rows as sent (what one run computes when requests never merge)
@@ -209,15 +210,35 @@ class RequestQueue:
         return batch
 
 
-def gather_inputs(batch: list[Slice]) -> dict[str, npt.NDArray[np.generic]]:
-    """One concatenation per input; a batch that is one whole request is passed as is."""
+def gather_inputs(batch: list[Slice]) -> dict[str, Feed]:
+    """One concatenation per input; a batch that is one whole request is passed as is.
+    Rows decoded on the device are gathered there (device-to-device copies)."""
     first = batch[0]
     if len(batch) == 1 and first.start == 0 and first.stop == first.request.rows:
         return dict(first.request.inputs)
-    return {
-        name: np.concatenate([part.request.inputs[name][part.start : part.stop] for part in batch])
-        for name in first.request.inputs
-    }
+    gathered: dict[str, Feed] = {}
+    for name, value in first.request.inputs.items():
+        if isinstance(value, DeviceRows):
+            gathered[name] = DeviceRows.gather(
+                [(_device_rows(part, name), part.start, part.stop) for part in batch]
+            )
+        else:
+            gathered[name] = np.concatenate(
+                [_host_rows(part, name)[part.start : part.stop] for part in batch]
+            )
+    return gathered
+
+
+def _device_rows(part: Slice, name: str) -> DeviceRows:
+    value = part.request.inputs[name]
+    assert isinstance(value, DeviceRows)  # one model decodes all its requests in one place
+    return value
+
+
+def _host_rows(part: Slice, name: str) -> npt.NDArray[np.generic]:
+    value = part.request.inputs[name]
+    assert not isinstance(value, DeviceRows)
+    return value
 
 
 def hand_out(batch: list[Slice], results: Arrays, *, merge: bool) -> None:

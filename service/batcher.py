@@ -25,11 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
-
-import numpy as np
-import numpy.typing as npt
 
 from service.batch_queue import (
     CANCELLED,
@@ -55,7 +52,7 @@ from service.errors import (
     Unavailable,
 )
 from service.instances import INLINE_BELOW_S, InstanceThread, Outputs
-from service.scheduler import Arrays, Runner
+from service.scheduler import Arrays, Feeds, Runner
 
 # Re-exported: the batcher's public types live with its queue.
 __all__ = ["BatchObserver", "BatchPolicy", "BatchRecord", "DynamicBatcher"]
@@ -201,7 +198,7 @@ class DynamicBatcher:
 
     async def submit(
         self,
-        inputs: Mapping[str, npt.NDArray[np.generic]],
+        inputs: Feeds,
         output_names: Sequence[str],
         *,
         batch_size: int,

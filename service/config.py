@@ -101,6 +101,8 @@ class ModelOverrides:
     provider_options: Mapping[str, str] | None = None
     # IO binding: None = on for CUDA (one host-to-device copy per batch), off on the CPU.
     io_binding: bool | None = None
+    # Where encoded images are decoded: auto | cpu | gpu (service/device_images.py).
+    decode: str | None = None
     # Validated by service.preprocess.parse_preprocessing (which needs the model's inputs
     # to bind, and imports this module); kept raw here.
     preprocessing: Mapping[str, Any] | None = None
@@ -239,7 +241,9 @@ _MODEL_KEYS = {
     "provider_options",
     "io_binding",
     "preprocessing",
+    "decode",
 }
+DECODE_CHOICES = ("auto", "cpu", "gpu")
 
 
 def parse_model_overrides(model: str, document: Mapping[str, Any]) -> ModelOverrides:
@@ -291,6 +295,7 @@ def parse_model_overrides(model: str, document: Mapping[str, Any]) -> ModelOverr
         provider_options=provider_options,
         io_binding=_io_binding(model, document.get("io_binding")),
         preprocessing=document.get("preprocessing"),
+        decode=_decode(model, document),
     )
 
 
@@ -304,6 +309,22 @@ def _instances(model: str, value: object) -> int | Literal["auto"] | None:
             f"model '{model}': key 'instances' must be an int >= 1 or 'auto', got {value!r}"
         )
     return _non_negative_int(model, "instances", value, 1)
+
+
+def _decode(model: str, document: Mapping[str, Any]) -> str | None:
+    value = document.get("decode")
+    if value is None:
+        return None
+    if value not in DECODE_CHOICES:
+        raise ConfigError(
+            f"model '{model}': decode must be one of {list(DECODE_CHOICES)}, got {value!r}"
+        )
+    if document.get("preprocessing") is None:
+        raise ConfigError(
+            f"model '{model}': decode '{value}' applies to encoded images, which only a model "
+            "with a preprocessing key accepts"
+        )
+    return str(value)
 
 
 def _io_binding(model: str, value: object) -> bool | None:

@@ -98,8 +98,8 @@ def _to_8bit(image: Image.Image, mode: str) -> Image.Image:
     return image.convert(mode)
 
 
-def decode_image(pre: BoundPreprocess, data: object, row: int) -> npt.NDArray[np.uint8]:
-    """One encoded image -> uint8 pixels in the client layout (H, W, C) or (C, H, W)."""
+def decode_pixels(pre: BoundPreprocess, data: object, row: int) -> npt.NDArray[np.uint8]:
+    """One encoded image -> uint8 pixels (H, W, C) at the input size, RGB or grey."""
     target_h, target_w = pre.image_size
     mode = "L" if pre.spec.color == "gray" else "RGB"
     with _open(pre, data, row) as image:
@@ -112,13 +112,28 @@ def decode_image(pre: BoundPreprocess, data: object, row: int) -> npt.NDArray[np
     if converted.size != (target_w, target_h):
         converted = converted.resize((target_w, target_h), Image.Resampling.BILINEAR)
     pixels = np.asarray(converted, dtype=np.uint8)
-    if pre.spec.color == "gray":
-        pixels = pixels[:, :, None]
-    elif pre.spec.color == "bgr":
+    return pixels[:, :, None] if pixels.ndim == 2 else pixels
+
+
+def client_layout(pre: BoundPreprocess, pixels: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+    """(H, W, C) RGB or grey pixels in the colour order and layout clients send."""
+    if pre.spec.color == "bgr":
         pixels = pixels[:, :, ::-1]
     if pre.spec.layout == "NCHW":
         pixels = pixels.transpose(2, 0, 1)
     return np.ascontiguousarray(pixels)
+
+
+def decode_image(pre: BoundPreprocess, data: object, row: int) -> npt.NDArray[np.uint8]:
+    """One encoded image -> uint8 pixels in the client layout (H, W, C) or (C, H, W)."""
+    return client_layout(pre, decode_pixels(pre, data, row))
+
+
+def is_plain_jpeg(pre: BoundPreprocess, data: object, row: int) -> bool:
+    """A JPEG stored as RGB or grey (what nvImageCodec decodes to the colours Pillow
+    gives); CMYK and other JPEGs, PNG and the rest go through Pillow."""
+    with _open(pre, data, row) as image:
+        return image.format == "JPEG" and image.mode in ("RGB", "L")
 
 
 async def decode_rows(

@@ -15,7 +15,14 @@ import onnx
 
 from service.autotune import Search, Tuning
 from service.batcher import BatchObserver, BatchPolicy, DynamicBatcher
-from service.config import AUTO, ModelConfig, ModelOverrides, load_model_overrides
+from service.config import (
+    AUTO,
+    DeviceRequest,
+    ModelConfig,
+    ModelOverrides,
+    load_model_overrides,
+)
+from service.device_images import DecodeChoice, DeviceImageDecoder, choose_decode
 from service.errors import ModelLoadError
 from service.layout import CONFIG_FILE, MODEL_FILE, read_labels
 from service.metrics import Metrics
@@ -123,7 +130,8 @@ class VersionLoader:
         # On CUDA every batch size gets its cuDNN algorithm search at load, not on a request.
         warmed = warm_up(runners, config, every_size=first.provider == CUDA)
         pre = prepared.preprocess if prepared else None
-        _log_loaded(config, version, runners, warmed, pre, tuning)
+        decode, device_decoder = _decoding(overrides, pre, first)
+        _log_loaded(config, version, runners, warmed, pre, tuning, decode)
         model_metrics = self._metrics.for_model(name, str(version)) if self._metrics else None
         try:
             scheduler = self._make_scheduler(config, runners, model_metrics)
@@ -142,6 +150,8 @@ class VersionLoader:
             load_seconds=time.monotonic() - started,
             tuning=tuning,
             max_decode_pixels=self._max_decode_pixels,
+            decode=decode,
+            device_decoder=device_decoder,
         )
 
     def _runners(
@@ -213,6 +223,21 @@ class VersionLoader:
         return chosen, runners, tuning
 
 
+def _decoding(
+    overrides: ModelOverrides, pre: BoundPreprocess | None, runner: OnnxRunner
+) -> tuple[DecodeChoice | None, DeviceImageDecoder | None]:
+    """Where encoded images are decoded (`decode`), from the provider actually running."""
+    if pre is None:
+        return None, None
+    choice = choose_decode(overrides.decode or AUTO, runner.provider)
+    if choice.kind == "cpu":
+        return choice, None
+    # On CUDA the decoder runs on the model's device; elsewhere (only in tests, which
+    # exercise the plumbing on the CPU) on the CPU.
+    device_id = DeviceRequest.parse(overrides.device or AUTO).index
+    return choice, DeviceImageDecoder(pre, device_id if runner.provider == CUDA else None)
+
+
 def _log_loaded(
     config: ModelConfig,
     version: int,
@@ -220,10 +245,19 @@ def _log_loaded(
     warmed: Sequence[int],
     pre: BoundPreprocess | None,
     tuning: Tuning | None,
+    decode: DecodeChoice | None,
 ) -> None:
     first = runners[0]
     if tuning is not None:
         log.info("model %s version %d: instances auto: %s", config.name, version, tuning.summary())
+    if decode is not None:
+        log.info(
+            "model %s version %d: encoded images decoded on the %s (%s)",
+            config.name,
+            version,
+            decode.kind,
+            decode.chosen_by,
+        )
     log.info(
         "model %s version %d: provider %s (available %s), io binding %s, "
         "%d instance(s) x %d threads, max_batch_size %d, warmed at %s, inputs %s, "

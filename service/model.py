@@ -18,13 +18,14 @@ import numpy.typing as npt
 
 from service.autotune import Tuning
 from service.config import ModelConfig
+from service.device_images import DecodeChoice, DeviceImageDecoder
 from service.errors import InvalidArgument
 from service.images import declared_pixels, decode_rows
 from service.metrics import ModelMetrics
 from service.preprocess import BoundPreprocess
 from service.records import DecodedRequest, RequestedOutput, TensorHeader
 from service.runtime import OnnxRunner, default_intra_op_threads
-from service.scheduler import Arrays, Scheduler
+from service.scheduler import Arrays, Feed, Feeds, Scheduler
 from service.settings import default
 from service.signature import InputCheck, select_outputs
 from service.threads import name_os_thread
@@ -44,6 +45,8 @@ class ServedModel:
     load_seconds: float = 0.0
     tuning: Tuning | None = None  # instances: auto, what the timing at load chose
     max_decode_pixels: int = default("max_decode_pixels")  # encoded images, per request
+    decode: DecodeChoice | None = None  # where encoded images are decoded (preprocessing)
+    device_decoder: DeviceImageDecoder | None = None  # decode: gpu
     _decoder: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
     _users: int = field(default=0, init=False, repr=False)
     _unused: asyncio.Event = field(default_factory=asyncio.Event, init=False, repr=False)
@@ -133,8 +136,8 @@ class ServedModel:
     ) -> Arrays:
         """Decode encoded images (in the decode threads), then queue for the scheduler."""
         pre = self.preprocess
+        feeds: Feeds = inputs
         if pre is not None and inputs[pre.input_name].dtype == np.object_:
-            inputs = dict(inputs)
             assert self._decoder is not None
             self.scheduler.check_admission(request.batch_size, deadline)
             images = list(inputs[pre.input_name].reshape(-1))
@@ -142,11 +145,18 @@ class ServedModel:
             declared_pixels(pre, images, self.max_decode_pixels)
             loop = asyncio.get_running_loop()
             started = loop.time()
-            inputs[pre.input_name] = await decode_rows(pre, images, self._decoder)
+            pixels: Feed
+            if self.device_decoder is not None:  # one batched call, rows on the device
+                pixels = await loop.run_in_executor(
+                    self._decoder, self.device_decoder.decode, images
+                )
+            else:
+                pixels = await decode_rows(pre, images, self._decoder)
+            feeds = {**inputs, pre.input_name: pixels}
             if self.metrics is not None:
                 self.metrics.decoded(loop.time() - started)
         return await self.scheduler.submit(
-            inputs, names, batch_size=request.batch_size, deadline=deadline
+            feeds, names, batch_size=request.batch_size, deadline=deadline
         )
 
     def _classify(self, scores: npt.NDArray[np.generic], k: int) -> npt.NDArray[np.object_]:

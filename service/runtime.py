@@ -19,6 +19,7 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from service.config import DeviceRequest
+from service.device_rows import DeviceRows
 from service.errors import InternalError, ModelLoadError
 from service.records import OnnxTensor
 
@@ -128,10 +129,12 @@ class OnnxRunner:
         return [OnnxTensor(a.name, a.type, tuple(a.shape)) for a in self.session.get_outputs()]
 
     def run(
-        self, feeds: Mapping[str, npt.NDArray[np.generic]], output_names: Sequence[str]
+        self,
+        feeds: Mapping[str, npt.NDArray[np.generic] | DeviceRows],
+        output_names: Sequence[str],
     ) -> list[npt.NDArray[np.generic]]:
         try:
-            if self.io_binding:
+            if self.io_binding or any(isinstance(f, DeviceRows) for f in feeds.values()):
                 return self._run_bound(feeds, output_names)
             results: list[npt.NDArray[np.generic]] = self.session.run(list(output_names), feeds)
         except Exception as exc:
@@ -139,11 +142,16 @@ class OnnxRunner:
         return results
 
     def _run_bound(
-        self, feeds: Mapping[str, npt.NDArray[np.generic]], output_names: Sequence[str]
+        self,
+        feeds: Mapping[str, npt.NDArray[np.generic] | DeviceRows],
+        output_names: Sequence[str],
     ) -> list[npt.NDArray[np.generic]]:
         binding = self.session.io_binding()
         for name, array in feeds.items():
-            binding.bind_cpu_input(name, np.ascontiguousarray(array))
+            if isinstance(array, DeviceRows):  # already where the graph runs: no copy
+                binding.bind_ortvalue_input(name, array.value)
+            else:
+                binding.bind_cpu_input(name, np.ascontiguousarray(array))
         device, index = self._output_device
         for name in output_names:
             binding.bind_output(name, device, index)  # allocated by onnxruntime, per shape

@@ -14,15 +14,19 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
+from service.device_rows import DeviceRows
+
 Arrays = dict[str, npt.NDArray[np.generic]]
+# An input as a scheduler takes it: host arrays, or rows already on the model's device
+# (images decoded there, service/device_images.py).
+Feed = npt.NDArray[np.generic] | DeviceRows
+Feeds = Mapping[str, Feed]
 
 
 class Runner(Protocol):
     """What a scheduler needs from a model: run feeds, return outputs in the given order."""
 
-    def run(
-        self, feeds: Mapping[str, npt.NDArray[np.generic]], output_names: Sequence[str]
-    ) -> list[npt.NDArray[np.generic]]: ...
+    def run(self, feeds: Feeds, output_names: Sequence[str]) -> list[npt.NDArray[np.generic]]: ...
 
 
 class Scheduler(Protocol):
@@ -53,7 +57,7 @@ class Scheduler(Protocol):
 
     async def submit(
         self,
-        inputs: Mapping[str, npt.NDArray[np.generic]],
+        inputs: Feeds,
         output_names: Sequence[str],
         *,
         batch_size: int,

@@ -99,7 +99,7 @@ def statistics_message(stats: ModelStats, message: pb.ModelStatistics) -> None:
 
 def metadata_parameters(model: ServedModel) -> dict[str, ParamValue]:
     """ModelMetadata's parameters: how the version is being served."""
-    return {
+    parameters: dict[str, ParamValue] = {
         # The provider read back from the session, so a CPU fallback is visible to clients.
         "execution_provider": model.runner.provider,
         "device": model.runner.device_label,
@@ -109,3 +109,7 @@ def metadata_parameters(model: ServedModel) -> dict[str, ParamValue]:
         # instances: auto: what the timing at load chose and from what; else the config.
         "instances_chosen_by": model.tuning.summary() if model.tuning is not None else "config",
     }
+    if model.decode is not None:  # encoded images: decoded on the cpu or the gpu, and why
+        parameters["decode"] = model.decode.kind
+        parameters["decode_chosen_by"] = model.decode.chosen_by
+    return parameters

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import grpc
 import numpy as np
 import numpy.typing as npt
 
@@ -25,9 +26,11 @@ from service.config import ModelConfig
 from service.eventloop import loop_factory
 from service.loader import SchedulerFactory, batch_policy
 from service.runtime import OnnxRunner
-from service.scheduler import Runner, Scheduler
+from service.scheduler import Feeds, Runner, Scheduler
 from service.server import CnnserveServer
 from service.settings import ServerSettings
+from service.v2 import grpc_service_pb2 as pb
+from service.v2 import grpc_service_pb2_grpc as pb_grpc
 
 T = TypeVar("T")
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -98,9 +101,7 @@ class GatedRunner:
     def release(self) -> None:
         self.gate.set()
 
-    def run(
-        self, feeds: Mapping[str, npt.NDArray[np.generic]], output_names: Sequence[str]
-    ) -> list[npt.NDArray[np.generic]]:
+    def run(self, feeds: Feeds, output_names: Sequence[str]) -> list[npt.NDArray[np.generic]]:
         self.rows_seen.append(len(next(iter(feeds.values()))))
         self.entered.set()
         self.gate.wait(timeout=120)
@@ -148,3 +149,15 @@ def spawn_server(
             return process, line.split()[-1]
     process.wait()
     raise AssertionError(f"the server exited ({process.returncode}) before listening")
+
+
+def model_parameters(address: str, model: str) -> dict[str, str | int]:
+    """ModelMetadata's parameters (tritonclient's proto has none: our own stub)."""
+    with grpc.insecure_channel(address) as channel:
+        answer = pb_grpc.GRPCInferenceServiceStub(channel).ModelMetadata(
+            pb.ModelMetadataRequest(name=model)
+        )
+    return {
+        key: getattr(value, value.WhichOneof("parameter_choice") or "string_param")
+        for key, value in answer.parameters.items()
+    }

@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import grpc
 import numpy as np
 import onnx
 import pytest
@@ -19,11 +18,9 @@ from onnx import TensorProto, helper
 from service.autotune import batch_sizes, core_splits
 from service.config import DEFAULT_MAX_BATCH_SIZE
 from service.runtime import default_intra_op_threads
-from service.v2 import grpc_service_pb2 as pb
-from service.v2 import grpc_service_pb2_grpc as pb_grpc
 from tests import onnx_models
 from tests.integration.test_server_settings import digits_with
-from tests.serving import running_server
+from tests.serving import model_parameters, running_server
 
 
 def fails_when_run() -> onnx.ModelProto:
@@ -39,18 +36,6 @@ def fails_when_run() -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def metadata(address: str, model: str) -> dict[str, str | int]:
-    """ModelMetadata's parameters (tritonclient's proto has none: our own stub)."""
-    with grpc.insecure_channel(address) as channel:
-        answer = pb_grpc.GRPCInferenceServiceStub(channel).ModelMetadata(
-            pb.ModelMetadataRequest(name=model)
-        )
-    return {
-        key: getattr(value, value.WhichOneof("parameter_choice") or "string_param")
-        for key, value in answer.parameters.items()
-    }
-
-
 def test_a_config_less_model_is_timed_and_the_choice_reported(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -64,7 +49,7 @@ def test_a_config_less_model_is_timed_and_the_choice_reported(
         assert tuning.max_batch_size in batch_sizes(DEFAULT_MAX_BATCH_SIZE)
         assert served.config.max_batch_size == tuning.max_batch_size
         assert len(served.runners) == tuning.instances
-        params = metadata(server.address, "double")
+        params = model_parameters(server.address, "double")
         assert params["instances"] == tuning.instances
         assert params["intra_op_threads"] == tuning.threads
         assert params["max_batch_size"] == tuning.max_batch_size
@@ -82,7 +67,7 @@ def test_stated_instances_are_never_overridden(tmp_path: Path) -> None:
     with running_server(root) as server:
         served = server.server.repository.get("digits")
         assert served.tuning is None and len(served.runners) == 2
-        params = metadata(server.address, "digits")
+        params = model_parameters(server.address, "digits")
         assert params["instances"] == 2
         assert params["instances_chosen_by"] == "config"
         assert params["max_batch_size"] == 64  # as stated in config.yaml

@@ -3,7 +3,7 @@ with fake runners whose speed is set by the test, so the choice is known in adva
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -11,6 +11,7 @@ import pytest
 
 from service.autotune import Search, batch_sizes, core_splits
 from service.errors import ModelLoadError
+from service.scheduler import Feeds
 
 
 class CountingRunner:
@@ -24,9 +25,7 @@ class CountingRunner:
         self.closed = False
         self.batches: list[int] = []
 
-    def run(
-        self, feeds: Mapping[str, npt.NDArray[np.generic]], output_names: Sequence[str]
-    ) -> list[npt.NDArray[np.generic]]:
+    def run(self, feeds: Feeds, output_names: Sequence[str]) -> list[npt.NDArray[np.generic]]:
         batch = len(feeds["x"])
         self.batches.append(batch)
         if self.fail_at is not None and batch >= self.fail_at:

@@ -24,6 +24,7 @@ from service.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from service.scheduler import Feeds
 from tests.waiting import until
 
 POISON = -999.0  # a row holding this value makes the fake runner fail its whole batch
@@ -44,9 +45,7 @@ class FakeRunner:
     def release(self) -> None:
         self._gate.set()
 
-    def run(
-        self, feeds: Mapping[str, npt.NDArray[np.generic]], output_names: Sequence[str]
-    ) -> list[npt.NDArray[np.generic]]:
+    def run(self, feeds: Feeds, output_names: Sequence[str]) -> list[npt.NDArray[np.generic]]:
         x = np.asarray(feeds["x"], dtype=np.float32)
         self.batches.append(x.copy())
         if self._loop is not None:
@@ -386,9 +385,7 @@ class OddError(InternalError):
 
 
 class OddRunner(FakeRunner):
-    def run(
-        self, feeds: Mapping[str, npt.NDArray[np.generic]], output_names: Sequence[str]
-    ) -> list[npt.NDArray[np.generic]]:
+    def run(self, feeds: Feeds, output_names: Sequence[str]) -> list[npt.NDArray[np.generic]]:
         super().run(feeds, output_names)
         raise OddError("cuda:0", "device lost")
 

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
 
 from service.batcher import BatchPolicy, DynamicBatcher
 from service.errors import InternalError
+from service.scheduler import Feeds
 
 POISON = -1.0
 
@@ -25,9 +26,7 @@ class ThreadRecordingRunner:
     def __init__(self) -> None:
         self.threads: list[str] = []
 
-    def run(
-        self, feeds: Mapping[str, npt.NDArray[np.generic]], output_names: Sequence[str]
-    ) -> list[npt.NDArray[np.generic]]:
+    def run(self, feeds: Feeds, output_names: Sequence[str]) -> list[npt.NDArray[np.generic]]:
         self.threads.append(threading.current_thread().name)
         x = np.asarray(feeds["x"], dtype=np.float32)
         if (x == POISON).any():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +16,7 @@ from service.config import DeviceRequest, DynamicBatching, ModelConfig, TensorSp
 from service.deadlines import request_deadline
 from service.errors import InvalidArgument, ModelLoadError
 from service.runtime import CPU, CUDA, OnnxRunner, default_intra_op_threads
+from service.scheduler import Feeds
 from service.warmup import warm_up, warmup_batch_sizes
 from tests import onnx_models
 
@@ -36,11 +37,9 @@ class RecordingRunner:
     def __init__(self) -> None:
         self.shapes: list[tuple[int, ...]] = []
 
-    def run(
-        self, feeds: Mapping[str, npt.NDArray[np.generic]], output_names: Sequence[str]
-    ) -> list[npt.NDArray[np.generic]]:
+    def run(self, feeds: Feeds, output_names: Sequence[str]) -> list[npt.NDArray[np.generic]]:
         self.shapes.append(feeds["x"].shape)
-        return [feeds["x"]]
+        return [np.asarray(feeds["x"])]
 
 
 def test_warmup_sizes_are_powers_of_two_max_and_preferred() -> None:
