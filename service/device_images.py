@@ -165,7 +165,9 @@ class DeviceImageDecoder:
         )
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1  # one decode thread each: the pool is the parallelism
-        self._resize = ort.InferenceSession(resize_graph(pre), options, providers=providers)
+        self._resize: ort.InferenceSession | None = ort.InferenceSession(
+            resize_graph(pre), options, providers=providers
+        )
         gray = pre.spec.color == "gray"
         self._params = nvimgcodec.DecodeParams(
             color_spec=nvimgcodec.ColorSpec.GRAY if gray else nvimgcodec.ColorSpec.SRGB,
@@ -176,6 +178,11 @@ class DeviceImageDecoder:
     @property
     def device_label(self) -> str:
         return self._device
+
+    def close(self) -> None:
+        """Release the resize session's device memory now (the version is retired); the
+        nvImageCodec decoders go with the decode threads."""
+        self._resize = None
 
     def _decoder(self) -> Any:
         decoder = getattr(self._local, "decoder", None)
@@ -195,7 +202,9 @@ class DeviceImageDecoder:
     def decode(self, items: Sequence[object]) -> DeviceRows:
         """Every row of a request, decoded and resized into one buffer on the device (call
         from a decode thread). A row that cannot be decoded fails the request, naming it."""
-        pre = self._pre
+        pre, resize = self._pre, self._resize
+        if resize is None:
+            raise InternalError("decode after the model version was closed")
         dims = row_dims(pre)
         out = DeviceRows.allocate((len(items), *dims), self._device, self._device_id)
         jpegs = [row for row, item in enumerate(items) if is_plain_jpeg(pre, item, row)]
@@ -206,7 +215,7 @@ class DeviceImageDecoder:
                 synchronize_stream(0)  # nvImageCodec's results are ordered on stream 0
             decoded = dict(zip(jpegs, images, strict=True))
         for row, item in enumerate(items):
-            binding = self._resize.io_binding()
+            binding = resize.io_binding()
             if not self._bind_decoded(binding, decoded.get(row)):
                 # PNG, CMYK JPEG, or a JPEG nvImageCodec could not decode: Pillow on the
                 # host, at the input size (it names the row if the data is corrupt).
@@ -219,7 +228,7 @@ class DeviceImageDecoder:
                 list(dims),
                 out.row_pointer(row),
             )
-            self._resize.run_with_iobinding(binding)
+            resize.run_with_iobinding(binding)
             binding.synchronize_outputs()
         return out
 

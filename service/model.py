@@ -107,6 +107,8 @@ class ServedModel:
             self._decoder = None
         for runner in self.runners:
             runner.close()
+        if self.device_decoder is not None:
+            self.device_decoder.close()
 
     def check_headers(self, headers: Sequence[TensorHeader]) -> int:
         """The signature check, run by the codec before payloads are decoded."""

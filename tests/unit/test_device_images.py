@@ -17,7 +17,7 @@ from service import device_images
 from service.batch_queue import PendingRequest, Slice, gather_inputs
 from service.device_images import DeviceImageDecoder, choose_decode, resize_graph
 from service.device_rows import DeviceRows
-from service.errors import InvalidArgument, ModelLoadError
+from service.errors import InternalError, InvalidArgument, ModelLoadError
 from service.images import client_layout, decode_batch
 from service.preprocess import BoundPreprocess, PreprocessSpec
 from service.runtime import CPU, CUDA
@@ -139,6 +139,13 @@ def test_a_row_that_cannot_be_decoded_names_itself() -> None:
     with pytest.raises(InvalidArgument, match="input 'x' row 1: cannot decode image"):
         decoder.decode([good, corrupt])
     assert decoder.decode([good]).shape == (1, 64, 64, 3)  # the decoder goes on
+
+
+def test_a_closed_decoder_releases_its_session_and_refuses() -> None:
+    decoder = DeviceImageDecoder(model(), None)
+    decoder.close()
+    with pytest.raises(InternalError, match="closed"):
+        decoder.decode([photo("astronaut", (64, 64))])
 
 
 # -- device rows through the batcher and the runner ---------------------------------------
