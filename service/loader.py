@@ -36,6 +36,12 @@ from service.warmup import timeable, warm_up, zero_feeds
 
 log = logging.getLogger(__name__)
 
+# instances: auto on a model that zeros cannot stand for: one instance, said so.
+NOT_TIMED = (
+    "auto: not timed (an input has a variable dimension or is BYTES, so zeros would not "
+    "stand for real requests): 1 instance"
+)
+
 SchedulerFactory = Callable[[ModelConfig, Sequence[OnnxRunner], BatchObserver | None], Scheduler]
 
 
@@ -124,9 +130,14 @@ class VersionLoader:
         else:
             config = prepared.config
         tuning = None
-        if overrides.instances in (None, AUTO) and timeable(config):
-            config, runners, tuning = self._tune(path, overrides, prepared, config, runners)
-            first = runners[0]
+        chosen_by = "config"
+        if overrides.instances in (None, AUTO):
+            if timeable(config):
+                config, runners, tuning = self._tune(path, overrides, prepared, config, runners)
+                first = runners[0]
+                chosen_by = tuning.summary()
+            else:
+                chosen_by = NOT_TIMED
         # On CUDA every batch size gets its cuDNN algorithm search at load, not on a request.
         warmed = warm_up(runners, config, every_size=first.provider == CUDA)
         pre = prepared.preprocess if prepared else None
@@ -149,6 +160,7 @@ class VersionLoader:
             metrics=model_metrics,
             load_seconds=time.monotonic() - started,
             tuning=tuning,
+            instances_chosen_by=chosen_by,
             max_decode_pixels=self._max_decode_pixels,
             decode=decode,
             device_decoder=device_decoder,

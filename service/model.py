@@ -44,6 +44,7 @@ class ServedModel:
     metrics: ModelMetrics | None = None
     load_seconds: float = 0.0
     tuning: Tuning | None = None  # instances: auto, what the timing at load chose
+    instances_chosen_by: str = "config"  # ModelMetadata: the timing's summary, or why not
     max_decode_pixels: int = default("max_decode_pixels")  # encoded images, per request
     decode: DecodeChoice | None = None  # where encoded images are decoded (preprocessing)
     device_decoder: DeviceImageDecoder | None = None  # decode: gpu

@@ -106,8 +106,9 @@ def metadata_parameters(model: ServedModel) -> dict[str, ParamValue]:
         "max_batch_size": model.config.max_batch_size,
         "instances": len(model.runners),
         "intra_op_threads": model.runner.intra_op_threads,
-        # instances: auto: what the timing at load chose and from what; else the config.
-        "instances_chosen_by": model.tuning.summary() if model.tuning is not None else "config",
+        # instances: auto: what the timing at load chose and from what (or why it did not
+        # time); else the config.
+        "instances_chosen_by": model.instances_chosen_by,
     }
     if model.decode is not None:  # encoded images: decoded on the cpu or the gpu, and why
         parameters["decode"] = model.decode.kind

@@ -17,6 +17,7 @@ from onnx import TensorProto, helper
 
 from service.autotune import batch_sizes, core_splits
 from service.config import DEFAULT_MAX_BATCH_SIZE
+from service.loader import NOT_TIMED
 from service.runtime import default_intra_op_threads
 from tests import onnx_models
 from tests.integration.test_server_settings import digits_with
@@ -60,6 +61,18 @@ def test_a_config_less_model_is_timed_and_the_choice_reported(
         answer = client.infer("double", [x]).as_numpy("y")
         np.testing.assert_array_equal(answer, 2 * np.arange(6, dtype=np.float32).reshape(2, 3))
     assert any("instances auto: " + tuning.summary() in r.getMessage() for r in caplog.records)
+
+
+def test_a_model_zeros_cannot_stand_for_is_not_timed_and_says_so(tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    onnx_models.save(onnx_models.affine(["N", 3, "h", "w"]), root / "images" / "1" / "model.onnx")
+    with running_server(root) as server:
+        served = server.server.repository.get("images")
+        assert served.tuning is None and len(served.runners) == 1
+        params = model_parameters(server.address, "images")
+        assert params["instances"] == 1
+        assert params["instances_chosen_by"] == NOT_TIMED
+        assert "not timed" in NOT_TIMED
 
 
 def test_stated_instances_are_never_overridden(tmp_path: Path) -> None:
