@@ -9,7 +9,11 @@ Rounds are interleaved (floor, unary, stream; then again) and the table takes ea
 target's median. Criterion: cnnserve unary <= 1.25x the floor's CPU per request at each
 payload, and streaming below unary; exits 1 otherwise. `--profile` also samples the
 cnnserve server with py-spy during one unary run per payload (per-thread CPU and the top
-frames), written to bench/out/overhead/.
+frames), written to bench/out/overhead/. A second floor, the "model floor" (bench/floor.py
+`--model-repository`: read the input, run the same compute-free model's onnxruntime session
+per request, answer; no batching, no checks), is measured beside it: what remains above it
+is the serving machinery's own cost. `--queue-delay-us N` gives cnnserve's models
+`dynamic_batching: {max_queue_delay_us: N}` (bigger batches, same per-request work).
 """
 
 from __future__ import annotations
@@ -83,13 +87,17 @@ def compute_free_model(payload: Payload) -> onnx.ModelProto:
     return model
 
 
-def build_repository(root: Path) -> None:
+def build_repository(root: Path, queue_delay_us: int = 0) -> None:
     if root.exists():
         shutil.rmtree(root)
     for payload in PAYLOADS:
         path = root / payload.name / "1" / "model.onnx"
         path.parent.mkdir(parents=True)
         onnx.save(compute_free_model(payload), str(path))
+        if queue_delay_us:
+            (root / payload.name / "config.yaml").write_text(
+                f"dynamic_batching:\n  max_queue_delay_us: {queue_delay_us}\n"
+            )
 
 
 class Process:
@@ -295,9 +303,10 @@ def run(
     base: Path | None = None,
     concurrency: int = CONCURRENCY,
     with_rest: bool = False,
+    queue_delay_us: int = 0,
 ) -> int:
     repository = OUT / "overhead"
-    build_repository(repository / "models")
+    build_repository(repository / "models", queue_delay_us)
     serve = [
         sys.executable,
         "-m",
@@ -310,10 +319,20 @@ def run(
         "--no-metrics",
     ]
     floor = Process([sys.executable, "-m", "bench.floor"], "floor listening on ")
+    # The least a model server does: read the input, run the session, answer (no batching).
+    model_floor = Process(
+        [sys.executable, "-m", "bench.floor", "--model-repository", str(repository / "models")],
+        "floor listening on ",
+    )
     server = Process(serve, "cnnserve listening on ", rest=with_rest)
     # --base: the same unary runs against another commit's server, for a before/after
     before = Process(serve, "cnnserve listening on ", cwd=base) if base is not None else None
-    targets = [("floor", floor, False), ("unary", server, False), ("stream", server, True)]
+    targets = [
+        ("floor", floor, False),
+        ("model floor", model_floor, False),
+        ("unary", server, False),
+        ("stream", server, True),
+    ]
     if with_rest:
         targets.append(("rest", server, False))
     if before is not None:
@@ -349,6 +368,7 @@ def run(
             profile_server(server, repository, "cnnserve")
     finally:
         floor.stop()
+        model_floor.stop()
         server.stop()
         if before is not None:
             before.stop()
@@ -399,12 +419,13 @@ def report(
 ) -> int:
     print(
         "\n| payload | floor: us/req (req/s) | unary: us/req (req/s) | unary / floor | "
-        "stream: us/req (req/s) | stream / unary |\n|---|---|---|---|---|---|"
+        "stream: us/req (req/s) | stream / unary | model floor: us/req | unary / model floor |"
+        "\n|---|---|---|---|---|---|---|---|"
     )
     ok = True
     for payload in PAYLOADS:
         cells = {}
-        for target in ("floor", "unary", "stream"):
+        for target in ("floor", "unary", "stream", "model floor"):
             runs = results[(payload.name, target)]
             cells[target] = (
                 statistics.median(m.cpu_us for m in runs),
@@ -416,7 +437,8 @@ def report(
         print(
             f"| {payload.label} | {cells['floor'][0]:.0f} ({cells['floor'][1]:,.0f}) | "
             f"{cells['unary'][0]:.0f} ({cells['unary'][1]:,.0f}) | {unary_ratio:.2f} | "
-            f"{cells['stream'][0]:.0f} ({cells['stream'][1]:,.0f}) | {stream_ratio:.2f} |"
+            f"{cells['stream'][0]:.0f} ({cells['stream'][1]:,.0f}) | {stream_ratio:.2f} | "
+            f"{cells['model floor'][0]:.0f} | {cells['unary'][0] / cells['model floor'][0]:.2f} |"
         )
     for payload in PAYLOADS:
         rest_runs = results.get((payload.name, "rest"))
@@ -457,18 +479,22 @@ def main() -> int:
     parser.add_argument(
         "--rest", action="store_true", help="also measure the REST front end (tritonclient.http)"
     )
+    parser.add_argument("--queue-delay-us", type=int, default=0, help="cnnserve's models only")
     args = parser.parse_args()
     if args.base is None:
         return run(
             args.rounds, args.seconds, args.profile, concurrency=args.concurrency,
-            with_rest=args.rest,
+            with_rest=args.rest, queue_delay_us=args.queue_delay_us,
         )  # fmt: skip
     with tempfile.TemporaryDirectory() as folder:
         base = Path(folder) / "base"
         subprocess.run(["git", "worktree", "add", "-q", "--detach", str(base), args.base],
                        cwd=ROOT, check=True)  # fmt: skip
         try:
-            return run(args.rounds, args.seconds, args.profile, base, args.concurrency, args.rest)
+            return run(
+                args.rounds, args.seconds, args.profile, base, args.concurrency, args.rest,
+                args.queue_delay_us,
+            )  # fmt: skip
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=ROOT)
 
