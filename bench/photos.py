@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import shutil
 import statistics
 import sys
@@ -38,8 +37,8 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 import tritonclient.grpc.aio as triton_aio
-from PIL import Image
 
+from bench.camera import SIZE, camera_photos, decode
 from bench.overhead import Process
 from bench.resnet50 import write_resnet50
 from bench.run import OUT
@@ -51,7 +50,6 @@ from service.preprocess import BoundPreprocess
 from service.runtime import CUDA, OnnxRunner, default_intra_op_threads
 
 RESNET18 = OUT / "repository" / "resnet18" / "1" / "model.onnx"
-SIZE = 224
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 PREPROCESSING = {
     "mode": "standardize",
@@ -67,27 +65,6 @@ def config_text(decode: str) -> str:
     import yaml
 
     return yaml.safe_dump({"max_batch_size": 32, "decode": decode, "preprocessing": PREPROCESSING})
-
-
-def camera_photos() -> list[bytes]:
-    from skimage import data
-
-    photos = []
-    for name in ("astronaut", "chelsea", "coffee", "camera"):
-        image = Image.fromarray(getattr(data, name)()).convert("RGB")
-        buffer = io.BytesIO()
-        image.resize((4000, 3000), Image.Resampling.BICUBIC).save(buffer, "JPEG", quality=90)
-        photos.append(buffer.getvalue())
-    return photos
-
-
-def decode(photo: bytes, scale: int | None) -> npt.NDArray[np.uint8]:
-    """scale None: full decoding; k: DCT scaling to >= k x the target, then the resize."""
-    image = Image.open(io.BytesIO(photo))
-    if scale is not None:
-        image.draft("RGB", (scale * SIZE, scale * SIZE))
-    resized = image.convert("RGB").resize((SIZE, SIZE), Image.Resampling.BILINEAR)
-    return np.asarray(resized, dtype=np.uint8)
 
 
 class Pipeline:
