@@ -212,31 +212,24 @@ class RequestQueue:
 
 def gather_inputs(batch: list[Slice]) -> dict[str, Feed]:
     """One concatenation per input; a batch that is one whole request is passed as is.
-    Rows decoded on the device are gathered there (device-to-device copies)."""
+    Rows decoded on the device are gathered there (device-to-device copies; host pixels
+    batched with them are copied up)."""
     first = batch[0]
     if len(batch) == 1 and first.start == 0 and first.stop == first.request.rows:
         return dict(first.request.inputs)
     gathered: dict[str, Feed] = {}
-    for name, value in first.request.inputs.items():
-        if isinstance(value, DeviceRows):
-            gathered[name] = DeviceRows.gather(
-                [(_device_rows(part, name), part.start, part.stop) for part in batch]
-            )
+    for name in first.request.inputs:
+        parts = [(part.request.inputs[name], part.start, part.stop) for part in batch]
+        if any(isinstance(value, DeviceRows) for value, _, _ in parts):
+            gathered[name] = DeviceRows.gather(parts)
         else:
             gathered[name] = np.concatenate(
-                [_host_rows(part, name)[part.start : part.stop] for part in batch]
+                [_host(value)[start:stop] for value, start, stop in parts]
             )
     return gathered
 
 
-def _device_rows(part: Slice, name: str) -> DeviceRows:
-    value = part.request.inputs[name]
-    assert isinstance(value, DeviceRows)  # one model decodes all its requests in one place
-    return value
-
-
-def _host_rows(part: Slice, name: str) -> npt.NDArray[np.generic]:
-    value = part.request.inputs[name]
+def _host(value: Feed) -> npt.NDArray[np.generic]:
     assert not isinstance(value, DeviceRows)
     return value
 

@@ -21,7 +21,8 @@ import onnxruntime as ort
 
 from service.errors import InternalError
 
-CUDA_MEMCPY_DEVICE_TO_HOST = 2  # cudaMemcpyKind
+CUDA_MEMCPY_HOST_TO_DEVICE = 1  # cudaMemcpyKind
+CUDA_MEMCPY_DEVICE_TO_HOST = 2
 CUDA_MEMCPY_DEVICE_TO_DEVICE = 3
 
 
@@ -44,8 +45,8 @@ def require_cuda_runtime() -> None:
 def copy_bytes(
     device: str, dst: int, src: int, count: int, kind: int = CUDA_MEMCPY_DEVICE_TO_DEVICE
 ) -> None:
-    """Copy `count` bytes from a buffer on `device` ("cpu" or "cuda") to another on the
-    same device (or, with `kind` device-to-host, to the host)."""
+    """Copy `count` bytes between buffers on `device` ("cpu" or "cuda"), or, with `kind`,
+    between the host and the device."""
     if device == "cpu":
         ctypes.memmove(dst, src, count)
         return
@@ -100,18 +101,29 @@ class DeviceRows:
         return int(self.value.data_ptr()) + row * self.row_bytes
 
     @staticmethod
-    def gather(parts: Sequence[tuple[DeviceRows, int, int]]) -> DeviceRows:
-        """Rows [start, stop) of each part, in order, in one new buffer on the device."""
-        first = parts[0][0]
+    def gather(
+        parts: Sequence[tuple[DeviceRows | npt.NDArray[np.generic], int, int]],
+    ) -> DeviceRows:
+        """Rows [start, stop) of each part, in order, in one new buffer on the device. A
+        part may be host pixels (a client that sent uint8 pixels, batched with requests
+        whose images were decoded on the device): its rows are copied up."""
+        first = next(rows for rows, _, _ in parts if isinstance(rows, DeviceRows))
         total = sum(stop - start for _, start, stop in parts)
         batch = DeviceRows.allocate((total, *first.shape[1:]), first.device, first.device_id)
         row = 0
         for rows, start, stop in parts:
-            copy_bytes(
-                first.device,
-                batch.row_pointer(row),
-                rows.row_pointer(start),
-                (stop - start) * rows.row_bytes,
-            )
+            count = (stop - start) * batch.row_bytes
+            if isinstance(rows, DeviceRows):
+                copy_bytes(first.device, batch.row_pointer(row), rows.row_pointer(start), count)
+            else:
+                host = np.ascontiguousarray(rows[start:stop], dtype=np.uint8)
+                if host.nbytes != count:
+                    raise InternalError(
+                        f"host rows of shape {host.shape} do not fit device rows {batch.shape}"
+                    )
+                copy_bytes(
+                    first.device, batch.row_pointer(row), host.ctypes.data, count,
+                    CUDA_MEMCPY_HOST_TO_DEVICE,
+                )  # fmt: skip
             row += stop - start
         return batch

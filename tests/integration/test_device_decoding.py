@@ -145,26 +145,31 @@ def test_the_device_pipeline_serves_and_batches_rows_of_several_requests(
         jpeg("coffee", (600, 400)),
     ]
 
+    pixels = full_decoding(photos[2])[None]  # a client that sends pixels, batched with them
+
     async def scenario() -> list[np.ndarray]:
         async with grpc.aio.insecure_channel(server.address) as channel:
             stub = pb_grpc.GRPCInferenceServiceStub(channel)
             first = asyncio.ensure_future(stub.ModelInfer(request(photos[:1])))
             await asyncio.to_thread(gate.entered.wait, 60)  # the only instance is held
             two = asyncio.ensure_future(stub.ModelInfer(request(photos[1:])))
+            sent_pixels = asyncio.ensure_future(stub.ModelInfer(pixels_request(pixels)))
             one = asyncio.ensure_future(stub.ModelInfer(request(photos[:1])))
-            await until(lambda: batcher.queued_rows == 3)  # decoded, queued, one batch next
+            await until(lambda: batcher.queued_rows == 4)  # decoded, queued, one batch next
             gate.release()
-            answers = await asyncio.gather(first, two, one)
+            answers = await asyncio.gather(first, two, sent_pixels, one)
             expected = [
                 await stub.ModelInfer(pixels_request(full_decoding(p)[None])) for p in photos
             ]
-        served = [outputs(a) for a in answers]
-        reference = [outputs(e) for e in expected]
-        return [served[0], served[1], served[2], *reference]
+        return [outputs(a) for a in answers] + [outputs(e) for e in expected]
 
-    first, two, one, *reference = asyncio.run(scenario())
-    assert gate.rows_seen[:2] == [1, 3]  # the two queued requests ran as one gathered batch
-    assert first.shape == one.shape == (1, 3, 64, 64) and two.shape == (2, 3, 64, 64)
+    first, two, from_pixels, one, *reference = asyncio.run(scenario())
+    # The three queued requests (two decoded on the device, one sent as host pixels) ran as
+    # one gathered batch.
+    assert gate.rows_seen[:2] == [1, 4]
+    assert first.shape == one.shape == from_pixels.shape == (1, 3, 64, 64)
+    assert two.shape == (2, 3, 64, 64)
+    np.testing.assert_array_equal(from_pixels, reference[2])
     for served, expected in [
         (first[0], reference[0]),
         (two[0], reference[1]),

@@ -177,6 +177,18 @@ def test_the_batch_queue_gathers_device_rows_on_the_device() -> None:
     np.testing.assert_array_equal(gathered.value.numpy(), np.concatenate([first, second]))
 
 
+def test_host_pixels_batched_with_device_rows_are_copied_up_in_order() -> None:
+    """A client that sent uint8 pixels and one whose JPEG was decoded on the device share
+    a batch: the pixels join the device rows, in the batch's order."""
+    host, on_device = np.full((2, 3), 9, np.uint8), np.full((1, 3), 7, np.uint8)
+    sent_pixels = PendingRequest({"x": host}, ("y",), 2, 2, None, 0.0, None)  # type: ignore[arg-type]
+    sent_jpeg = PendingRequest({"x": rows_of(on_device)}, ("y",), 1, 1, None, 0.0, None)  # type: ignore[arg-type]
+    feeds = gather_inputs([Slice(sent_pixels, 1, 2), Slice(sent_jpeg, 0, 1)])
+    gathered = feeds["x"]
+    assert isinstance(gathered, DeviceRows)
+    np.testing.assert_array_equal(gathered.value.numpy(), np.concatenate([host[1:], on_device]))
+
+
 def test_the_runner_binds_device_rows_as_they_are() -> None:
     from pathlib import Path
 
