@@ -126,4 +126,9 @@ class DeviceRows:
                     CUDA_MEMCPY_HOST_TO_DEVICE,
                 )  # fmt: skip
             row += stop - start
+        if first.device == "cuda":
+            # Device-to-device copies (and the last leg of host-to-device ones) may still be
+            # running on stream 0 when cudaMemcpy returns; the model's session runs on its
+            # own stream.
+            synchronize_stream(0)
         return batch
