@@ -234,13 +234,16 @@ class DeviceImageDecoder:
 
     def _bind_decoded(self, binding: ort.IOBinding, image: Any) -> bool:
         """Bind a decoded image as the resize graph's input, where it lies; False when
-        there is none (nvImageCodec returns None for what it cannot decode) or its rows
-        are padded."""
+        there is none (nvImageCodec returns None for what it cannot decode), or it is not
+        (h, w, channels) with unpadded rows: Pillow decodes that row instead."""
         if image is None:
             return False
         on_device = image.buffer_kind == self._codec.ImageBufferKind.STRIDED_DEVICE
         interface = image.__cuda_array_interface__ if on_device else image.__array_interface__
         shape = list(interface["shape"])
+        channels = 1 if self._pre.spec.color == "gray" else 3
+        if len(shape) != 3 or shape[2] != channels:
+            return False  # not the layout the resize graph takes
         if interface.get("strides") not in (None, _contiguous_strides(shape)):
             return False
         binding.bind_input(
