@@ -20,6 +20,7 @@ from typing import Any
 
 from aiohttp import web
 from google.protobuf import json_format
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from service import __version__
 from service.errors import CnnserveError, Code, ConfigError, InvalidArgument, Unavailable
@@ -92,11 +93,46 @@ def _token_check(token: str) -> Any:
     return check
 
 
+_INT64 = frozenset(
+    {
+        FieldDescriptor.TYPE_INT64,
+        FieldDescriptor.TYPE_UINT64,
+        FieldDescriptor.TYPE_SINT64,
+        FieldDescriptor.TYPE_FIXED64,
+        FieldDescriptor.TYPE_SFIXED64,
+    }
+)
+
+
 def _json(message: Any) -> dict[str, Any]:
-    """A protobuf message as JSON, field names as in the proto (int64 as strings, per the
-    proto3 JSON mapping)."""
-    result: dict[str, Any] = json_format.MessageToDict(message, preserving_proto_field_name=True)
-    return result
+    """A protobuf message as JSON, field names as in the proto and 64-bit integers as
+    numbers, as Triton's REST API writes them (dims, counts, nanoseconds), not as the
+    strings of the proto3 JSON mapping."""
+    document: dict[str, Any] = json_format.MessageToDict(message, preserving_proto_field_name=True)
+    return _int64_as_numbers(message.DESCRIPTOR, document)
+
+
+def _int64_as_numbers(descriptor: Descriptor, document: dict[str, Any]) -> dict[str, Any]:
+    for field in descriptor.fields:
+        if field.name not in document:
+            continue
+        value = document[field.name]
+        repeated = field.is_repeated
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            entry = field.message_type.fields_by_name["value"]
+            for key, item in value.items():
+                value[key] = _converted(entry, item, repeated=False)
+        else:
+            document[field.name] = _converted(field, value, repeated=repeated)
+    return document
+
+
+def _converted(field: FieldDescriptor, value: Any, *, repeated: bool) -> Any:
+    if repeated:
+        return [_converted(field, item, repeated=False) for item in value]
+    if field.message_type is not None:
+        return _int64_as_numbers(field.message_type, value)
+    return int(value) if field.type in _INT64 else value
 
 
 class HttpFrontEnd:
