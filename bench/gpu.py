@@ -1,7 +1,8 @@
 """`bench/gpu.sh` (= `python -m bench.gpu`): the GPU check, one command, no network.
 
 On a machine with a CUDA GPU and a virtual environment holding onnxruntime-gpu and the dev
-extras (made where there is network; this script downloads nothing):
+and gpu extras (nvImageCodec with nvJPEG; made where there is network; this script
+downloads nothing):
 1. runs the tests that exercise CUDA (they skip on a CPU build of onnxruntime);
 2. writes a ResNet-50 (bench/resnet50.py, no torch) in fp32 and fp16;
 3. in-process onnxruntime CUDA EP with the server's session settings (OnnxRunner, IO
