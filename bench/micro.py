@@ -2,8 +2,10 @@
 goes" (no gRPC, one process, this machine): a v2 request's protobuf parse, the codec's
 decode and encode, the request path from `ServedModel.infer` through the batcher with 1000
 requests in flight (batched) and one at a time (a batch each, so a thread hand-off each),
-and the round trip between two Python threads through a SimpleQueue (the hand-off's own
-cost). Figures are medians of 5 repetitions; no criterion (it explains, it does not judge).
+the round trip between two Python threads through a SimpleQueue (the hand-off's own
+cost), and one onnxruntime `session.run` of the compute-free model at 1, 4 and 32 rows with
+1 and 2 intra-op threads (the per-call cost a batch pays). Figures are medians of 5
+repetitions; no criterion (it explains, it does not judge).
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ import time
 from collections.abc import Awaitable, Callable
 
 import numpy as np
+import onnxruntime as ort
 
-from bench.overhead import PAYLOADS, build_repository
+from bench.overhead import PAYLOADS, build_repository, compute_free_model
 from bench.run import OUT
 from service.codec import decode_infer_request, encode_infer_response
 from service.eventloop import loop_factory
@@ -108,6 +111,30 @@ async def measure() -> None:
         await server.aclose()
     wall, cpu = ping_pong_us()
     print(f"thread round trip (SimpleQueue put/get): {wall:.1f} us wall, {cpu:.1f} us CPU")
+    session_runs()
+
+
+def session_runs() -> None:
+    """CPU per `session.run` of the 12 KB compute-free model, as the server's sessions are
+    set up (no spinning), by rows and intra-op threads."""
+    payload = PAYLOADS[0]
+    model = compute_free_model(payload).SerializeToString()
+    for threads in (1, 2):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        name, output = session.get_inputs()[0].name, session.get_outputs()[0].name
+        for rows in (1, 4, 32):
+            x = np.zeros((rows, *payload.shape[1:]), np.float32)
+            runs = []
+            for _ in range(5):
+                began = time.process_time()
+                for _ in range(2000):
+                    session.run([output], {name: x})
+                runs.append((time.process_time() - began) / 2000 * 1e6)
+            print(f"session.run, {rows:2d} rows, {threads} intra-op thread(s): "
+                  f"{statistics.median(runs):6.1f} us CPU")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ from bench.run import OUT
 from service.config import parse_model_overrides
 from service.device_images import DeviceImageDecoder
 from service.device_rows import DeviceRows
+from service.images import read_headers
 from service.loader import preprocessed_graph
 from service.preprocess import BoundPreprocess
 from service.runtime import CUDA, OnnxRunner, default_intra_op_threads
@@ -91,7 +92,8 @@ class Pipeline:
         """One batch as the server decodes it: Pillow (DCT scaling >= 2x) a row per task,
         or one call of the device pipeline."""
         if self.device_decoder is not None:
-            return pool.submit(self.device_decoder.decode, photos)
+            headers = read_headers(self.pre, photos)
+            return pool.submit(self.device_decoder.decode, photos, headers)
         rows = [pool.submit(decode, photo, 2) for photo in photos]
         return pool.submit(lambda: np.stack([row.result() for row in rows]))
 
@@ -107,7 +109,8 @@ def decoding_table(photos: list[bytes], pipeline: Pipeline) -> tuple[float, floa
     device_decoder = pipeline.device_decoder
     if device_decoder is not None:
         served = f"nvImageCodec + resize graph on {device_decoder.device_label} (decode: gpu)"
-        methods[served] = lambda p: device_decoder.decode([p]).to_host()[0]
+        pre = pipeline.pre
+        methods[served] = lambda p: device_decoder.decode([p], read_headers(pre, [p])).to_host()[0]
     full = np.stack([decode(p, None) for p in photos])
     full_top = pipeline.top(full)
     print("| method | ms per 12 MP photo | max pixel diff | mean diff | argmax agrees |")
@@ -132,7 +135,6 @@ def decoding_table(photos: list[bytes], pipeline: Pipeline) -> tuple[float, floa
 def budget_check_us(photos: list[bytes]) -> float:
     """The decode budget's header pass over a request of 16 photos (nothing decoded)."""
     from service.config import TensorSpec
-    from service.images import declared_pixels
     from service.preprocess import bind, parse_preprocessing
 
     spec = parse_preprocessing("resnet18", {"mode": "normalize"})
@@ -141,7 +143,7 @@ def budget_check_us(photos: list[bytes]) -> float:
     runs = []
     for _ in range(20):
         began = time.perf_counter()
-        declared_pixels(pre, rows, 10**12)
+        read_headers(pre, rows, 10**12)
         runs.append((time.perf_counter() - began) * 1e6)
     return statistics.median(runs)
 

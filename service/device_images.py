@@ -10,14 +10,15 @@ model's device, into `DeviceRows` that the model's session takes without a host 
   and returned in ModelMetadata (`decode`, `decode_chosen_by`), as the provider is.
 
 On the device, one request's JPEGs are decoded in one batched nvImageCodec call (GPU or
-hardware decoder, full size), then each row goes through a small onnxruntime graph on the
+hardware decoder, full size; the rows that are plain JPEGs are known from the headers the
+decode budget already read), then each row goes through a small onnxruntime graph on the
 same device: antialiased bilinear resize to the model's input size (ONNX Resize,
 `antialias=1`, `exclude_outside=1`: within 1 level of Pillow's BILINEAR, tested), rounding,
 colour order and layout, written straight into its row of the request's buffer (IO
 binding to a pointer). JPEGs that are not RGB or grey (CMYK) and PNGs are decoded by Pillow
 on the host as on the CPU path and go through the same graph (an identity resize). No
-DCT-domain scaling: nvImageCodec decodes at full size, which the device does faster than
-libjpeg decodes at 1/8.
+DCT-domain scaling: nvImageCodec decodes at full size (how its speed compares with
+libjpeg at 1/8 is for `python -m bench.gpu_decode` on a GPU to show; not measured yet).
 
 The same code runs on the CPU (nvImageCodec's CPU backend, onnxruntime's CPU provider):
 that is how the plumbing is tested on machines without a GPU (tests/unit/test_device_images.py).
@@ -38,7 +39,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from service.device_rows import DeviceRows, require_cuda_runtime, synchronize_stream
 from service.errors import InternalError, ModelLoadError
-from service.images import decode_pixels, is_plain_jpeg
+from service.images import ImageHeader, decode_pixels
 from service.preprocess import BoundPreprocess
 from service.runtime import CPU, CUDA
 
@@ -83,12 +84,17 @@ def row_dims(pre: BoundPreprocess) -> tuple[int, int, int]:
     return (pre.channels, height, width)
 
 
+def decoded_channels(pre: BoundPreprocess) -> int:
+    """Channels of a decoded image, before colour order and layout: grey or RGB."""
+    return 1 if pre.spec.color == "gray" else 3
+
+
 def resize_graph(pre: BoundPreprocess) -> bytes:
     """uint8 (h, w, C) RGB or grey, any size -> uint8 pixels as clients send them: resized
     to the input size (antialiased bilinear, as Pillow), rounded, in the model's colour
     order and layout."""
     height, width = pre.image_size
-    channels = 1 if pre.spec.color == "gray" else 3
+    channels = decoded_channels(pre)
     out_dims = row_dims(pre)
     consts: dict[str, npt.NDArray[Any]] = {
         "axis0": np.array([0], np.int64),
@@ -158,6 +164,8 @@ class DeviceImageDecoder:
             except InternalError as exc:
                 raise ModelLoadError(f"decode 'gpu': {exc.message}") from None
         self._pre = pre
+        self._dims = row_dims(pre)
+        self._channels = decoded_channels(pre)
         self._device = "cpu" if device_id is None else "cuda"
         self._device_id = device_id or 0
         providers: list[Any] = (
@@ -199,15 +207,16 @@ class DeviceImageDecoder:
             self._local.decoder = decoder
         return decoder
 
-    def decode(self, items: Sequence[object]) -> DeviceRows:
+    def decode(self, items: Sequence[object], headers: Sequence[ImageHeader]) -> DeviceRows:
         """Every row of a request, decoded and resized into one buffer on the device (call
-        from a decode thread). A row that cannot be decoded fails the request, naming it."""
+        from a decode thread; `headers` from images.read_headers). A row that cannot be
+        decoded fails the request, naming it."""
         pre, resize = self._pre, self._resize
         if resize is None:
             raise InternalError("decode after the model version was closed")
-        dims = row_dims(pre)
+        dims = self._dims
         out = DeviceRows.allocate((len(items), *dims), self._device, self._device_id)
-        jpegs = [row for row, item in enumerate(items) if is_plain_jpeg(pre, item, row)]
+        jpegs = [row for row, header in enumerate(headers) if header.plain_jpeg]
         decoded: dict[int, Any] = {}
         if jpegs:
             images = self._decoder().decode([items[row] for row in jpegs], params=self._params)
@@ -241,8 +250,7 @@ class DeviceImageDecoder:
         on_device = image.buffer_kind == self._codec.ImageBufferKind.STRIDED_DEVICE
         interface = image.__cuda_array_interface__ if on_device else image.__array_interface__
         shape = list(interface["shape"])
-        channels = 1 if self._pre.spec.color == "gray" else 3
-        if len(shape) != 3 or shape[2] != channels:
+        if len(shape) != 3 or shape[2] != self._channels:
             return False  # not the layout the resize graph takes
         if interface.get("strides") not in (None, _contiguous_strides(shape)):
             return False

@@ -22,7 +22,8 @@ resize. A 12-megapixel photo to 224x224: 104 ms -> 18 ms, max pixel difference 2
 Decoding runs in threads (Pillow releases the GIL while decoding), never on the event loop;
 each row is its own task, so one request's rows spread over the pool and other requests'
 rows interleave with them. Before any decoding, the declared sizes of all rows (read from
-the headers) are held against the request's decode budget (`declared_pixels`).
+the headers) are held against the request's decode budget (`read_headers`); the same pass
+tells GPU decoding which rows are plain JPEGs (service/device_images.py).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import io
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import Executor
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -73,21 +75,39 @@ def _open(pre: BoundPreprocess, data: object, row: int) -> Image.Image:
     return image
 
 
-def declared_pixels(pre: BoundPreprocess, items: Sequence[object], budget: int) -> int:
-    """The pixels every row declares, from the headers alone; over `budget`, refused before
-    any decoding (a request of 16 large photos must not hold the decode threads)."""
-    total = 0
+class ImageHeader(NamedTuple):
+    """What one row's header declares (nothing decoded)."""
+
+    format: str
+    mode: str
+    pixels: int
+
+    @property
+    def plain_jpeg(self) -> bool:
+        """A JPEG stored as RGB or grey: what nvImageCodec decodes to the colours Pillow
+        gives (CMYK and other JPEGs, PNG and the rest go through Pillow)."""
+        return self.format == "JPEG" and self.mode in ("RGB", "L")
+
+
+def read_headers(
+    pre: BoundPreprocess, items: Sequence[object], budget: int | None = None
+) -> list[ImageHeader]:
+    """Every row's header, checked; the pixels they declare together over `budget` are
+    refused before any decoding (a request of 16 large photos must not hold the decode
+    threads)."""
+    headers = []
     for row, item in enumerate(items):
         with _open(pre, item, row) as image:
             width, height = image.size
-        total += width * height
-    if total > budget:
+            headers.append(ImageHeader(image.format or "", image.mode, width * height))
+    total = sum(header.pixels for header in headers)
+    if budget is not None and total > budget:
         raise InvalidArgument(
             f"input '{pre.input_name}': the request's images declare {total:,} pixels, over "
             f"the decode budget of {budget:,} per request (--max-decode-pixels); send fewer "
             "or smaller images per request"
         )
-    return total
+    return headers
 
 
 def _to_8bit(image: Image.Image, mode: str) -> Image.Image:
@@ -127,13 +147,6 @@ def client_layout(pre: BoundPreprocess, pixels: npt.NDArray[np.uint8]) -> npt.ND
 def decode_image(pre: BoundPreprocess, data: object, row: int) -> npt.NDArray[np.uint8]:
     """One encoded image -> uint8 pixels in the client layout (H, W, C) or (C, H, W)."""
     return client_layout(pre, decode_pixels(pre, data, row))
-
-
-def is_plain_jpeg(pre: BoundPreprocess, data: object, row: int) -> bool:
-    """A JPEG stored as RGB or grey (what nvImageCodec decodes to the colours Pillow
-    gives); CMYK and other JPEGs, PNG and the rest go through Pillow."""
-    with _open(pre, data, row) as image:
-        return image.format == "JPEG" and image.mode in ("RGB", "L")
 
 
 async def decode_rows(

@@ -20,7 +20,7 @@ from service.autotune import Tuning
 from service.config import ModelConfig
 from service.device_images import DecodeChoice, DeviceImageDecoder
 from service.errors import InvalidArgument
-from service.images import declared_pixels, decode_rows
+from service.images import decode_rows, read_headers
 from service.metrics import ModelMetrics
 from service.preprocess import BoundPreprocess
 from service.records import DecodedRequest, RequestedOutput, TensorHeader
@@ -145,13 +145,13 @@ class ServedModel:
             self.scheduler.check_admission(request.batch_size, deadline)
             images = list(inputs[pre.input_name].reshape(-1))
             # Headers only, on the loop: ~40 us a photo (bench/README.md, "Photos").
-            declared_pixels(pre, images, self.max_decode_pixels)
+            headers = read_headers(pre, images, self.max_decode_pixels)
             loop = asyncio.get_running_loop()
             started = loop.time()
             pixels: Feed
             if self.device_decoder is not None:  # one batched call, rows on the device
                 pixels = await loop.run_in_executor(
-                    self._decoder, self.device_decoder.decode, images
+                    self._decoder, self.device_decoder.decode, images, headers
                 )
             else:
                 pixels = await decode_rows(pre, images, self._decoder)

@@ -18,7 +18,7 @@ from service.batch_queue import PendingRequest, Slice, gather_inputs
 from service.device_images import DeviceImageDecoder, choose_decode, resize_graph
 from service.device_rows import DeviceRows
 from service.errors import InternalError, InvalidArgument, ModelLoadError
-from service.images import client_layout, decode_batch
+from service.images import client_layout, decode_batch, read_headers
 from service.preprocess import BoundPreprocess, PreprocessSpec
 from service.runtime import CPU, CUDA
 from tests.onnx_models import affine
@@ -123,7 +123,7 @@ def test_a_request_decodes_into_one_buffer_of_its_rows() -> None:
     ]
     decoder = DeviceImageDecoder(pre, None)
     assert decoder.device_label == "cpu"
-    decoded = decoder.decode(rows)
+    decoded = decoder.decode(rows, read_headers(pre, rows))
     assert decoded.shape == (4, *pre.client_dims) and len(decoded) == 4
     pixels = decoded.value.numpy()
     for row, encoded in enumerate(rows):
@@ -137,15 +137,17 @@ def test_a_row_that_cannot_be_decoded_names_itself() -> None:
     corrupt = good[:600] + bytes(2000)  # a valid header, then zeros
     decoder = DeviceImageDecoder(model(), None)
     with pytest.raises(InvalidArgument, match="input 'x' row 1: cannot decode image"):
-        decoder.decode([good, corrupt])
-    assert decoder.decode([good]).shape == (1, 64, 64, 3)  # the decoder goes on
+        decoder.decode([good, corrupt], read_headers(model(), [good, corrupt]))
+    on_its_own = decoder.decode([good], read_headers(model(), [good]))
+    assert on_its_own.shape == (1, 64, 64, 3)  # the decoder goes on
 
 
 def test_a_closed_decoder_releases_its_session_and_refuses() -> None:
     decoder = DeviceImageDecoder(model(), None)
     decoder.close()
     with pytest.raises(InternalError, match="closed"):
-        decoder.decode([photo("astronaut", (64, 64))])
+        rows = [photo("astronaut", (64, 64))]
+        decoder.decode(rows, read_headers(model(), rows))
 
 
 # -- device rows through the batcher and the runner ---------------------------------------
@@ -219,9 +221,10 @@ def test_on_the_gpu_rows_decode_gather_and_run_on_the_device() -> None:
     rows = [photo("astronaut", (1600, 1200)), photo("chelsea", (451, 300), fmt="PNG")]
     on_gpu = DeviceImageDecoder(pre, 0)
     assert on_gpu.device_label == "cuda"
-    decoded = on_gpu.decode(rows)
+    headers = read_headers(pre, rows)
+    decoded = on_gpu.decode(rows, headers)
     assert decoded.device == "cuda"
-    on_cpu = DeviceImageDecoder(pre, None).decode(rows).value.numpy()
+    on_cpu = DeviceImageDecoder(pre, None).decode(rows, headers).value.numpy()
     assert int(np.abs(decoded.to_host().astype(int) - on_cpu.astype(int)).max()) <= 1
     gathered = DeviceRows.gather([(decoded, 1, 2), (decoded, 0, 1)])
     np.testing.assert_array_equal(gathered.to_host(), decoded.to_host()[::-1])

@@ -65,6 +65,8 @@ def test_the_budget_reads_headers_and_never_decodes(monkeypatch: pytest.MonkeyPa
 
     monkeypatch.setattr(images, "decode_image", never)
     rows = [png(100, 100), png(300, 200)]
-    assert images.declared_pixels(photo_model(), rows, budget=70_000) == 70_000
+    headers = images.read_headers(photo_model(), rows, budget=70_000)
+    assert [h.pixels for h in headers] == [10_000, 60_000]
+    assert [(h.format, h.plain_jpeg) for h in headers] == [("PNG", False)] * 2
     with pytest.raises(InvalidArgument, match="declare 70,000 pixels, over the decode budget"):
-        images.declared_pixels(photo_model(), rows, budget=69_999)
+        images.read_headers(photo_model(), rows, budget=69_999)
