@@ -123,7 +123,13 @@ def device_pipeline(
     """A server whose `photo` model takes the device pipeline, on the CPU (nothing else
     stops it here: the provider check is what is lifted)."""
     monkeypatch.setattr(device_images, "_why_not_gpu", lambda provider: None)
-    write(tmp_path, "photo", {"preprocessing": PREPROCESSING, "decode": "gpu"})
+    # max_batch_size stated: instances: auto would otherwise time it, and could choose a
+    # batch smaller than the 4 rows this test gathers.
+    write(
+        tmp_path,
+        "photo",
+        {"preprocessing": PREPROCESSING, "decode": "gpu", "max_batch_size": 8},
+    )
     gates: list[GatedRunner] = []
     with running_server(tmp_path, make_scheduler=gated_scheduler(gates)) as server:
         yield server, gates
