@@ -1,4 +1,4 @@
-"""`python -m bench.reliability overload|soak|drain|reload|memory|all`: the worst-minute
+"""`python -m bench.reliability overload|soak|drain|proxy-stop|reload|memory|all`: the worst-minute
 benches (`memory` is the second half of `reload` alone).
 
 Each runs real `cnnserve serve` processes on loopback ports, is bounded in time and request
@@ -12,6 +12,10 @@ beside the figure; the command exits 1 when any criterion fails:
 - soak: 100,000 digits requests; server RSS after a warm-up vs at the end.
 - drain: SIGTERM in the middle of sustained load; every request must come back OK (accepted,
   completed) or UNAVAILABLE (refused, never ran); the process exits 0.
+- proxy-stop: two replicas behind nginx (deploy/nginx/nginx.conf), one SIGTERMed while nginx
+  still routes to it, in several rounds; how many attempts each request needed from a
+  client that resends what was refused without running, with a standard retry policy's
+  backoff; the stopped replica's exit status.
 - reload: explicit model control; a new digits version every 2 s under load; failures.
 - reload, second row (or `memory` alone): explicit model control; a 20 MiB model (fixed
   batch 1, like a third-party detector) reloaded 10 times with new weights, one inference
@@ -24,6 +28,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import random
 import shutil
 import signal
 import sys
@@ -32,7 +37,9 @@ import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from tempfile import TemporaryDirectory
 
 import grpc
 import numpy as np
@@ -43,6 +50,7 @@ from bench.run import OUT, ROOT, ServerProcess, build_repository
 from service.tensor_contents import serialize_bytes_tensor
 from service.v2 import grpc_service_pb2 as pb
 from tests import onnx_models
+from tests.nginx_fleet import running_fleet
 from tests.serving import free_port
 
 
@@ -293,6 +301,80 @@ def drain(repository: Path) -> list[Outcome]:
     ]
 
 
+# A standard gRPC retry policy (A6): at most 5 attempts (gRPC caps maxAttempts at 5), the
+# n-th retry after random(0, min(INITIAL_BACKOFF_S * 2**(n-1), MAX_BACKOFF_S)).
+MAX_ATTEMPTS, INITIAL_BACKOFF_S, MAX_BACKOFF_S = 5, 0.05, 0.5
+
+
+def proxy_stop(_repository: Path, rounds: int = 10) -> list[Outcome]:
+    """A bare SIGTERM to one of two replicas while nginx still routes to it: the replica
+    refuses new requests (UNAVAILABLE) until its clients go quiet or MAX_LINGER_S passes,
+    and a request reaching it as gRPC stops comes back CANCELLED; neither ran. The replicas
+    serve the example repository (digits alone: they start in seconds)."""
+    payload = infer_request_bytes("digits", "image", (1, 8, 8, 1), "UINT8")
+    attempts: Counter[int] = Counter()
+    codes: Counter[str] = Counter()
+    exit_codes: list[int] = []
+
+    async def one_request(call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]) -> None:
+        backoff = INITIAL_BACKOFF_S
+        for attempt in range(1, 31):
+            try:
+                await call(payload, timeout=60)
+                attempts[attempt] += 1
+                return
+            except grpc.aio.AioRpcError as exc:
+                codes[exc.code().name] += 1
+                if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+                    return
+            await asyncio.sleep(random.uniform(0, backoff))  # the policy's backoff
+            backoff = min(2 * backoff, MAX_BACKOFF_S)
+        attempts[31] += 1
+
+    async def one_round(address: str, stop: Callable[[], None]) -> None:
+        options = [("grpc.enable_retries", 0)]  # attempts are counted here
+        async with grpc.aio.insecure_channel(address, options=options) as channel:
+            call = channel.unary_unary(
+                METHOD, request_serializer=lambda b: b, response_deserializer=lambda b: b
+            )
+            sent = 0
+
+            async def worker() -> None:
+                nonlocal sent
+                while sent < 600:
+                    sent += 1
+                    if sent == 150:
+                        stop()
+                    await one_request(call)
+
+            await asyncio.gather(*(worker() for _ in range(4)))
+
+    for _ in range(rounds):
+        with TemporaryDirectory() as workdir, running_fleet(Path(workdir)) as fleet:
+            stopped = fleet.servers[0][1]
+            asyncio.run(one_round(fleet.address, partial(stopped.send_signal, signal.SIGTERM)))
+            exit_codes.append(stopped.wait(timeout=60))
+    # What a client with the standard policy sees fail: a request refused 5 times, or one
+    # cancelled as gRPC stopped (CANCELLED is not in the policy's retryable codes).
+    visible = sum(n for tries, n in attempts.items() if tries > MAX_ATTEMPTS)
+    visible += codes["CANCELLED"]
+    others = {k: v for k, v in codes.items() if k not in ("UNAVAILABLE", "CANCELLED")}
+    histogram = ", ".join(f"{n}: {attempts[n]}" for n in sorted(attempts))
+    return [
+        Outcome(
+            "proxy-stop (digits, 2 replicas behind nginx)",
+            f"{rounds} rounds: 600 requests at c=4, a bare SIGTERM to one replica after 150",
+            f"requests by attempts needed {{{histogram}}}; refusals UNAVAILABLE "
+            f"{codes['UNAVAILABLE']}, CANCELLED {codes['CANCELLED']}, other codes "
+            f"{others or 'none'}; failures a standard policy would see {visible}; "
+            f"exit codes {sorted(set(exit_codes))}",
+            f"standard-policy failures (more than {MAX_ATTEMPTS} attempts, or CANCELLED) "
+            "<= 1 in 5 stops; only UNAVAILABLE or CANCELLED refusals; exit code 0",
+            visible * 5 <= rounds and not others and set(exit_codes) == {0},
+        )
+    ]
+
+
 def reload(repository: Path, swaps: int = 8) -> list[Outcome]:
     server = ServerProcess(repository, batching=True, flags=["--model-control-mode", "explicit"])
     payload = infer_request_bytes("digits", "image", (1, 8, 8, 1), "UINT8")
@@ -438,6 +520,7 @@ BENCHES: dict[str, Callable[[Path], list[Outcome]]] = {
     "overload": overload,
     "soak": soak,
     "drain": drain,
+    "proxy-stop": proxy_stop,
     "reload": reload_and_memory,  # under load, then RSS per reload of a 20 MiB model
 }
 PARTS: dict[str, Callable[[Path], list[Outcome]]] = {"memory": memory}  # one part alone

@@ -227,7 +227,7 @@ def serve_settings(args: argparse.Namespace) -> ServerSettings:
     )
 
 
-async def _serve(settings: ServerSettings, make_scheduler: SchedulerFactory | None = None) -> None:
+async def _serve(settings: ServerSettings, make_scheduler: SchedulerFactory | None = None) -> bool:
     from service.server import CnnserveServer
 
     server = CnnserveServer(settings, make_scheduler)
@@ -250,12 +250,13 @@ async def _serve(settings: ServerSettings, make_scheduler: SchedulerFactory | No
         f"print(g.InferenceServerClient('{server.address}').get_server_metadata())\"",
         flush=True,
     )
-    await serve_until_signalled(server)
+    return await serve_until_signalled(server)
 
 
-async def serve_until_signalled(server: CnnserveServer) -> None:
+async def serve_until_signalled(server: CnnserveServer) -> bool:
     """First SIGTERM/SIGINT: drain (NOT_SERVING, refuse new requests, finish the accepted
-    ones within the grace period) and return. A second one: exit at once, status 1."""
+    ones within the grace period) and return whether every accepted inference was
+    answered. A second one: exit at once, status 1."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -264,7 +265,13 @@ async def serve_until_signalled(server: CnnserveServer) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, _exit_now, sig)
     log.info("signal received: draining (a second signal exits at once)")
-    await server.aclose()
+    drained = await server.aclose()
+    # The exit status tells the operator (and the Pod's last state) whether work was cut off.
+    if drained:
+        print("cnnserve stopped: every accepted inference was answered", flush=True)
+    else:
+        print("cnnserve stopped: the grace period ended with inferences running", flush=True)
+    return drained
 
 
 def _exit_now(sig: signal.Signals) -> None:
@@ -299,14 +306,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = serve_settings(args)
         try:
             with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
-                runner.run(_serve(settings))
+                drained = runner.run(_serve(settings))
         except OSError as exc:  # a port in use, an unreadable repository
             print(f"cnnserve: {exc}", file=sys.stderr)
             return 1
         except CnnserveError as exc:  # e.g. an unreadable TLS certificate
             print(f"cnnserve: {exc.message}", file=sys.stderr)
             return 1
-        return 0
+        return 0 if drained else 1
     if args.command in ("health", "infer"):
         return _one_line_errors(args.command, lambda: _client_command(args))
     if args.command == "profile":

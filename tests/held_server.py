@@ -1,5 +1,5 @@
-"""`python -m tests.held_server REPOSITORY`: the real `cnnserve serve` path (signals, drain,
-exit) with every model's runs held until a line arrives on stdin.
+"""`python -m tests.held_server REPOSITORY [GRACE_S]`: the real `cnnserve serve` path
+(signals, drain, exit status) with every model's runs held until a line arrives on stdin.
 
 Prints "held <rows>" when the first batch reaches a runner, so a test knows a request has been
 accepted and is in progress when it sends SIGTERM, without timing anything.
@@ -44,10 +44,12 @@ def main() -> None:
         return scheduler
 
     threading.Thread(target=release_on_stdin, daemon=True).start()
+    grace_s = float(sys.argv[2]) if len(sys.argv) > 2 else 60.0
     settings = ServerSettings(
-        model_repository=Path(sys.argv[1]), port=0, metrics_port=0, http_port=0, grace_period_s=60
-    )
-    asyncio.run(_serve(settings, make))
+        model_repository=Path(sys.argv[1]), port=0, metrics_port=0, http_port=0,
+        grace_period_s=grace_s,
+    )  # fmt: skip
+    sys.exit(0 if asyncio.run(_serve(settings, make)) else 1)  # as `cnnserve serve` exits
 
 
 if __name__ == "__main__":

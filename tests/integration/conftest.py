@@ -51,11 +51,11 @@ def stub(example_server: ServerThread) -> Iterator[pb_grpc.GRPCInferenceServiceS
         yield pb_grpc.GRPCInferenceServiceStub(channel)
 
 
-def start_held_server() -> tuple[subprocess.Popen[str], str, str, str]:
+def start_held_server(grace_s: float = 60.0) -> tuple[subprocess.Popen[str], str, str, str]:
     """`cnnserve serve` as a process whose runs are held until a line on stdin
     (tests/held_server.py): (process, gRPC address, metrics URL, REST URL)."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "tests.held_server", str(EXAMPLE_MODELS)],
+        [sys.executable, "-m", "tests.held_server", str(EXAMPLE_MODELS), str(grace_s)],
         cwd=REPO_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL, text=True,
     )  # fmt: skip

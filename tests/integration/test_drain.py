@@ -1,6 +1,7 @@
 """SIGTERM while requests are in progress, on the real `cnnserve serve` path (a process, a
 real signal): health turns NOT_SERVING, new requests get UNAVAILABLE, every accepted one
-completes with its correct answer, then the process exits 0. A second signal exits at once.
+completes with its correct answer, then the process exits 0. Exit status 1 when the grace
+period ends with inferences still running; a second signal exits at once.
 
 Runs are held in the runner (tests/held_server.py) so that "in progress" is a fact, not a
 timing: the server prints "held" once a batch is inside onnxruntime's runner."""
@@ -19,6 +20,7 @@ from service.client import health_check
 from service.v2 import grpc_service_pb2 as pb
 from service.v2 import grpc_service_pb2_grpc as pb_grpc
 from tests.digits import served_session
+from tests.integration.conftest import start_held_server
 from tests.waiting import until_queued
 
 HELD = 4  # requests in progress when the signal arrives
@@ -60,13 +62,20 @@ def wait_for_line(process: subprocess.Popen[str], prefix: str) -> str:
     raise AssertionError(f"the server exited before printing {prefix!r}")
 
 
-def release_and_exit(process: subprocess.Popen[str], threads: list[threading.Thread]) -> None:
-    """Let the held runs go; every sender finishes, then the server exits 0."""
+def release(process: subprocess.Popen[str]) -> None:
     assert process.stdin is not None
     process.stdin.write("release\n")
     process.stdin.flush()
+
+
+def release_and_exit(process: subprocess.Popen[str], threads: list[threading.Thread]) -> None:
+    """Let the held runs go; every sender finishes, then the server exits 0."""
+    release(process)
     for thread in threads:
         thread.join(timeout=120)
+    assert wait_for_line(process, "cnnserve stopped: ") == (
+        "cnnserve stopped: every accepted inference was answered"
+    )
     assert process.wait(timeout=60) == 0
 
 
@@ -119,3 +128,26 @@ def test_a_second_signal_exits_at_once(
     assert process.wait(timeout=30) == 1
     for thread in threads:
         thread.join(timeout=60)
+
+
+def test_a_grace_period_that_ends_with_inferences_running_exits_1() -> None:
+    """What the Pod's last state tells an operator: work was cut off by the grace period."""
+    process, address, _, _ = start_held_server(grace_s=1.0)
+    try:
+        answers, threads = start_held_requests(address)
+        wait_for_line(process, "held ")
+        process.send_signal(signal.SIGTERM)
+        for thread in threads:  # the grace period ends: gRPC stops and cancels the calls
+            thread.join(timeout=120)
+        # grpc-core ends them with a GOAWAY ("Cancelling all calls"), which clients read as
+        # UNAVAILABLE although they were accepted: the exit status is what says so.
+        assert all(answer == grpc.StatusCode.UNAVAILABLE for answer in answers), answers
+        release(process)  # the held batch returns; its answers have no one to go to
+        assert wait_for_line(process, "cnnserve stopped: ") == (
+            "cnnserve stopped: the grace period ended with inferences running"
+        )
+        assert process.wait(timeout=60) == 1
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
