@@ -16,6 +16,9 @@ log = logging.getLogger(__name__)
 class RepositoryPoller:
     def __init__(self, repository: ModelRepository) -> None:
         self._repository = repository
+        # One poll at a time: two overlapping polls both scan before either has recorded a
+        # failure, and both load the same broken version (a test caught it).
+        self._polling = asyncio.Lock()
 
     def _up_to_date(self, name: str, latest: Latest) -> bool:
         """Serving exactly these files, or they already failed as they are."""
@@ -23,6 +26,10 @@ class RepositoryPoller:
         return entry is not None and (entry.serves(latest) or entry.failed_as(latest))
 
     async def poll_once(self) -> None:
+        async with self._polling:
+            await self._poll()
+
+    async def _poll(self) -> None:
         repository = self._repository
         found = await asyncio.to_thread(scan, repository.root)
         for name, latest in found.items():
