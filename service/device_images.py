@@ -188,9 +188,10 @@ class DeviceImageDecoder:
         return self._device
 
     def close(self) -> None:
-        """Release the resize session's device memory now (the version is retired); the
-        nvImageCodec decoders go with the decode threads."""
+        """Release the resize session and every decode thread's nvImageCodec decoder now
+        (the version is retired), not when this object is collected."""
         self._resize = None
+        self._local = threading.local()  # the old one, and each thread's decoder, go
 
     def _decoder(self) -> Any:
         decoder = getattr(self._local, "decoder", None)

@@ -22,6 +22,7 @@ from service.config import DeviceRequest
 from service.device_rows import DeviceRows
 from service.errors import InternalError, ModelLoadError
 from service.records import OnnxTensor
+from service.scheduler import Feeds
 
 log = logging.getLogger(__name__)
 
@@ -128,11 +129,7 @@ class OnnxRunner:
     def outputs(self) -> list[OnnxTensor]:
         return [OnnxTensor(a.name, a.type, tuple(a.shape)) for a in self.session.get_outputs()]
 
-    def run(
-        self,
-        feeds: Mapping[str, npt.NDArray[np.generic] | DeviceRows],
-        output_names: Sequence[str],
-    ) -> list[npt.NDArray[np.generic]]:
+    def run(self, feeds: Feeds, output_names: Sequence[str]) -> list[npt.NDArray[np.generic]]:
         try:
             if self.io_binding or any(isinstance(f, DeviceRows) for f in feeds.values()):
                 return self._run_bound(feeds, output_names)
@@ -142,9 +139,7 @@ class OnnxRunner:
         return results
 
     def _run_bound(
-        self,
-        feeds: Mapping[str, npt.NDArray[np.generic] | DeviceRows],
-        output_names: Sequence[str],
+        self, feeds: Feeds, output_names: Sequence[str]
     ) -> list[npt.NDArray[np.generic]]:
         binding = self.session.io_binding()
         for name, array in feeds.items():

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 # leave before grpc-core's stop cancels calls no handler has picked up (CANCELLED, not
 # retryable; bench/README.md, drain). Clients that keep sending (a proxy still routing
 # here, retry policies) only spend attempts on it: behind nginx, a 2 s limit had requests
-# need 7-8 attempts, 0.2 s none over 5 (`python -m bench.reliability proxy-stop`).
+# need up to 8 attempts, 0.2 s none over 5 (`python -m bench.reliability proxy-stop`).
 QUIET_S = 0.1
 MAX_LINGER_S = 0.2
 SERVING = health_pb2.HealthCheckResponse.SERVING

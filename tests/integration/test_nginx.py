@@ -117,5 +117,6 @@ def test_two_replicas_share_load_and_a_graceful_stop_loses_nothing(
     if procedure == "out_of_rotation_first":
         assert sent_again == []  # nothing reached the stopping replica: the policy sufficed
     else:
-        assert len(sent_again) <= 4, sent_again  # measured: 0-1 a run (bench/README.md)
+        # bench.reliability proxy-stop: 0-2 such requests in 10 stops (bench/README.md)
+        assert len(sent_again) <= 4, sent_again
     assert served_rows(servers[1][0]) > both[1]  # the survivor carried on

@@ -5,8 +5,11 @@ that runs on CUDA (service/device_images.py)."""
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import io
+import weakref
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import onnxruntime as ort
@@ -140,6 +143,20 @@ def test_a_row_that_cannot_be_decoded_names_itself() -> None:
         decoder.decode([good, corrupt], read_headers(model(), [good, corrupt]))
     on_its_own = decoder.decode([good], read_headers(model(), [good]))
     assert on_its_own.shape == (1, 64, 64, 3)  # the decoder goes on
+
+
+def test_closing_releases_the_decoders_of_threads_that_live_on() -> None:
+    """A decode thread may outlive the version: close() must not leave that thread's
+    nvImageCodec decoder (device memory on a GPU) alive as long as the thread."""
+    decoder = DeviceImageDecoder(model(), None)
+    rows = [photo("astronaut", (64, 64))]
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(decoder.decode, rows, read_headers(model(), rows)).result()
+        held = pool.submit(lambda: weakref.ref(decoder._decoder())).result()  # that thread's
+        assert held() is not None
+        decoder.close()
+        gc.collect()
+        assert held() is None  # released while the thread is still alive
 
 
 def test_a_closed_decoder_releases_its_session_and_refuses() -> None:
