@@ -5,6 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PORT ?= 8001
 MODEL_REPOSITORY ?= models
+ARGS ?=
 
 .PHONY: run test lint typecheck protos export bench clean system-deps image-test
 
@@ -18,8 +19,10 @@ $(VENV)/.dev: pyproject.toml $(VENV)/.serve
 	$(PY) -m pip install -q -e '.[dev,export]'
 	touch $@
 
+# Any other server option through ARGS, e.g. `make run ARGS="--http-port 0"`
+# (`.venv/bin/cnnserve serve --help` lists them, each with its CNNSERVE_* variable).
 run: $(VENV)/.serve
-	$(PY) -m service serve --model-repository $(MODEL_REPOSITORY) --port $(PORT)
+	$(PY) -m service serve --model-repository $(MODEL_REPOSITORY) --port $(PORT) $(ARGS)
 
 # Debian packages the tests run for real: prometheus + promtool (metrics), nginx (two
 # replicas behind a gRPC load balancer). Installed once, when missing.

@@ -1,7 +1,9 @@
-"""`python -m bench.ab REV [--concurrency 32] [--batching on] [--rounds 6]`: this checkout
-against commit REV, interleaved, on the digits model: the before/after of a change on a
-machine whose speed drifts (each round starts a fresh server of each, alternating which
-goes first; the medians are compared). REV is checked out into a temporary git worktree.
+"""`python -m bench.ab REV [--model digits|midcnn] [--concurrency 32] [--batching on]
+[--rounds 6]`: this checkout against commit REV, interleaved: the before/after of a change
+on a machine whose speed drifts (each round starts a fresh server of each, alternating
+which goes first; the medians are compared). REV is checked out into a temporary git
+worktree. `digits`: the example repository (12 KB-ish uint8 requests, compute-free);
+`midcnn`: the mid-size CNN of bench/midcnn.py, config-less (110 KB FP32 requests).
 """
 
 from __future__ import annotations
@@ -15,13 +17,16 @@ import sys
 import tempfile
 from pathlib import Path
 
+import onnx
+
 from bench.loadgen import infer_request_bytes, run_level
+from bench.midcnn import INPUT_SHAPE, midcnn
 from bench.run import ROOT
 
 
-def start(cwd: Path, batching: str) -> tuple[subprocess.Popen[str], str]:
+def start(cwd: Path, repository: Path, batching: str) -> tuple[subprocess.Popen[str], str]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "service", "serve", "--model-repository", str(ROOT / "models"),
+        [sys.executable, "-m", "service", "serve", "--model-repository", str(repository),
          "--port", "0", "--metrics-port", "0", "--no-http", "--batching", batching],
         cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )  # fmt: skip
@@ -32,13 +37,24 @@ def start(cwd: Path, batching: str) -> tuple[subprocess.Popen[str], str]:
     raise RuntimeError(f"the server in {cwd} did not start")
 
 
-def compare(base: Path, concurrency: int, batching: str, rounds: int) -> float:
-    payload = infer_request_bytes("digits", "image", (1, 8, 8, 1), "UINT8")
+def workload(model: str, folder: Path) -> tuple[Path, bytes]:
+    """The repository to serve and the request to send."""
+    if model == "digits":
+        return ROOT / "models", infer_request_bytes("digits", "image", (1, 8, 8, 1), "UINT8")
+    path = folder / "repository" / "midcnn" / "1" / "model.onnx"
+    path.parent.mkdir(parents=True)
+    onnx.save(midcnn(), str(path))
+    return folder / "repository", infer_request_bytes("midcnn", "x", (1, *INPUT_SHAPE))
+
+
+def compare(
+    base: Path, repository: Path, payload: bytes, concurrency: int, batching: str, rounds: int
+) -> float:
     rates: dict[str, list[float]] = {"base": [], "this": []}
     for index in range(rounds):
         order = [("base", base), ("this", ROOT)]
         for name, cwd in order if index % 2 == 0 else order[::-1]:
-            process, address = start(cwd, batching)
+            process, address = start(cwd, repository, batching)
             try:
                 level = asyncio.run(run_level(address, payload, concurrency, warmup_s=1.5,
                                               duration_s=5))  # fmt: skip
@@ -58,6 +74,7 @@ def compare(base: Path, concurrency: int, batching: str, rounds: int) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("rev")
+    parser.add_argument("--model", choices=("digits", "midcnn"), default="digits")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--batching", choices=("on", "off"), default="on")
     parser.add_argument("--rounds", type=int, default=6)
@@ -66,8 +83,9 @@ def main() -> int:
         base = Path(folder) / "base"
         subprocess.run(["git", "worktree", "add", "-q", "--detach", str(base), args.rev],
                        cwd=ROOT, check=True)  # fmt: skip
+        repository, payload = workload(args.model, Path(folder))
         try:
-            compare(base, args.concurrency, args.batching, args.rounds)
+            compare(base, repository, payload, args.concurrency, args.batching, args.rounds)
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=ROOT)
     return 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -55,15 +56,18 @@ def infer_request_bytes(
 
 async def run_level(
     url: str,
-    payload: bytes,
+    payload: bytes | Sequence[bytes],
     concurrency: int,
     *,
     warmup_s: float,
     duration_s: float,
     max_requests: int = 1_000_000,
 ) -> LevelResult:
+    """`payload`: one serialized request, or several that each worker sends in turn
+    (worker i starts at the i-th: every mix of them is in flight at once)."""
     if not url.startswith(LOOPBACK):
         raise ValueError(f"load is only sent to loopback addresses, not {url}")
+    payloads = [payload] if isinstance(payload, bytes) else list(payload)
     latencies: list[float] = []
     errors = 0
     recording = False
@@ -74,12 +78,13 @@ async def run_level(
             METHOD, request_serializer=lambda b: b, response_deserializer=lambda b: b
         )
 
-        async def worker() -> None:
+        async def worker(index: int) -> None:
             nonlocal errors, stop
             while not stop:
                 started = time.perf_counter()
+                index += 1
                 try:
-                    await call(payload, timeout=60)
+                    await call(payloads[index % len(payloads)], timeout=60)
                 except grpc.aio.AioRpcError:
                     errors += 1
                     continue
@@ -89,7 +94,7 @@ async def run_level(
                         stop = True
                         enough.set()
 
-        workers = [asyncio.create_task(worker()) for _ in range(concurrency)]
+        workers = [asyncio.create_task(worker(i)) for i in range(concurrency)]
         await asyncio.sleep(warmup_s)  # bench pacing, not synchronisation
         recording = True
         begin = time.perf_counter()

@@ -2,8 +2,12 @@
 
 Rows are accounted per request (`rows`: its batch size, or 1 when requests never merge);
 a request larger than a batch is sliced over several, and one batch may carry rows of many
-requests. Expired and cancelled requests are dropped at the head before compute. Pure
-bookkeeping on the event loop: no threads, no awaits (service/batcher.py drives it).
+requests. A batch holds one shape: requests share it only when every input has the same
+datatype and non-batch dims (`shape_key`). The head of the queue sets the shape; requests
+of other shapes keep their place in line and lead the batches after it, so the oldest
+request always leaves next. Expired and cancelled requests are dropped at the head before
+compute. Pure bookkeeping on the event loop: no threads, no awaits (service/batcher.py
+drives it).
 """
 
 from __future__ import annotations
@@ -49,6 +53,14 @@ class BatchObserver(Protocol):
 
     def rejected(self, reason: str) -> None: ...
 
+    def batch_failed(self) -> None:
+        """A batch of several requests failed: each of them is run alone once."""
+        ...
+
+    def rerun(self, rescued: bool) -> None:
+        """One request of a failed batch ran alone: it answered (rescued) or failed again."""
+        ...
+
 
 # Rejection reasons (the `reason` label of cnnserve_rejections_total).
 QUEUE_FULL = "queue_full"
@@ -59,13 +71,34 @@ SHUTTING_DOWN = "shutting_down"
 FAILED = "failed"  # the version's dispatch failed: it refuses until it is replaced
 
 
+# What requests must agree on to share a batch: per input (sorted by name), its name,
+# datatype and dims after the batch dim. None for models whose requests never merge.
+ShapeKey = tuple[tuple[str, np.dtype[np.generic], tuple[int, ...]], ...] | None
+
+
+def shape_key(inputs: Feeds) -> ShapeKey:
+    """The batch-sharing key of a request's inputs (device rows are uint8 pixels)."""
+    if len(inputs) == 1:  # most models: one image input (a tuple, no generator: hot path)
+        ((name, value),) = inputs.items()
+        return ((name, _dtype(value), value.shape[1:]),)
+    return tuple((name, _dtype(inputs[name]), inputs[name].shape[1:]) for name in sorted(inputs))
+
+
+UINT8: np.dtype[np.generic] = np.dtype(np.uint8)
+
+
+def _dtype(value: Feed) -> np.dtype[np.generic]:
+    # Device rows are uint8 pixels: they batch with host uint8 pixels of the same size.
+    return UINT8 if isinstance(value, DeviceRows) else value.dtype
+
+
 class PendingRequest:
     """One submitted request: its rows are handed out to batches in order. A plain class
     with slots: one is built per request, on the hot path."""
 
     __slots__ = (
         "batch_size", "deadline", "done_rows", "enqueued_at", "future", "inputs", "next_row",
-        "output_names", "parts", "rows",
+        "output_names", "parts", "rows", "shape",
     )  # fmt: skip
 
     def __init__(
@@ -77,8 +110,10 @@ class PendingRequest:
         deadline: float | None,
         enqueued_at: float,
         future: asyncio.Future[Arrays],
+        shape: ShapeKey = None,  # requests share a batch only with their own shape
     ) -> None:
         self.inputs = inputs
+        self.shape = shape
         self.output_names = output_names
         self.rows = rows
         self.batch_size = batch_size
@@ -131,6 +166,7 @@ class RequestQueue:
     def __init__(self, on_expired: Callable[[], None]) -> None:
         self._queue: deque[PendingRequest] = deque()
         self.rows = 0  # rows waiting (not yet handed to a batch)
+        self._rows_by_shape: dict[ShapeKey, int] = {}  # the same rows, per shape
         self._on_expired = on_expired  # a request dropped at its deadline (counted)
 
     def __len__(self) -> int:
@@ -143,70 +179,96 @@ class RequestQueue:
     def head(self) -> PendingRequest:
         return self._queue[0]
 
+    @property
+    def head_shape_rows(self) -> int:
+        """Rows waiting that may share a batch with the head (0 when the queue is empty):
+        what the next batch can hold, for the queue delay and preferred sizes."""
+        if not self._queue:
+            return 0
+        return self._rows_by_shape.get(self._queue[0].shape, 0)
+
     def append(self, pending: PendingRequest) -> None:
         self._queue.append(pending)
-        self.rows += pending.rows
+        self._count(pending.shape, pending.rows)
+
+    def _count(self, shape: ShapeKey, rows: int) -> None:
+        self.rows += rows
+        left = self._rows_by_shape.get(shape, 0) + rows
+        if left:
+            self._rows_by_shape[shape] = left
+        else:  # no key per shape ever seen: a client cycling sizes cannot grow this
+            del self._rows_by_shape[shape]
 
     def forget(self, pending: PendingRequest) -> None:
         """Withdraw a request: rows already in a running batch finish and are discarded;
         the rest never run."""
         if pending in self._queue:
             self._queue.remove(pending)
-            self.rows -= pending.rows - pending.next_row
+            self._count(pending.shape, -(pending.rows - pending.next_row))
 
     def fail_all(self, error: CnnserveError) -> None:
         waiting = list(self._queue)
         self._queue.clear()
         self.rows = 0
+        self._rows_by_shape.clear()
         for pending in waiting:
             pending.fail(error)
 
     def _drop_dead_heads(self, now: float) -> None:
-        while self._queue:
-            head = self._queue[0]
-            if head.started:
-                return  # part of it is computing already: finish it
-            if head.future.done():  # cancelled by its client
-                pass
-            elif head.deadline is not None and now >= head.deadline:
-                head.fail(DeadlineExceeded("the request's deadline passed before compute"))
-                self._on_expired()
-            else:
-                return
+        while self._queue and self._dead(self._queue[0], now):
             self._queue.popleft()
-            self.rows -= head.rows
+
+    def _dead(self, request: PendingRequest, now: float) -> bool:
+        """A request that will never run (cancelled by its client, or its deadline passed
+        before compute) is failed if need be and taken out of the accounting; the caller
+        removes it from the queue. A request already partly computing is never dead."""
+        if request.started:
+            return False
+        if request.future.done():  # cancelled by its client
+            pass
+        elif request.deadline is not None and now >= request.deadline:
+            request.fail(DeadlineExceeded("the request's deadline passed before compute"))
+            self._on_expired()
+        else:
+            return False
+        self._count(request.shape, -request.rows)
+        return True
 
     def _target_rows(self, policy: BatchPolicy) -> int:
-        target = min(self.rows, policy.max_batch_size)
+        target = min(self.head_shape_rows, policy.max_batch_size)
         fitting = [p for p in policy.preferred_batch_sizes if p <= target]
         return max(fitting) if fitting else target
 
     def form_batch(self, now: float, policy: BatchPolicy) -> list[Slice]:
-        """The next batch: live rows from the head, up to the policy's target size."""
+        """The next batch: live rows of the head's shape, in arrival order, up to the
+        policy's target size. Requests of other shapes passed over keep their places."""
         self._drop_dead_heads(now)
         if not self._queue:
             return []
         if not policy.merge:
             head = self._queue.popleft()
-            self.rows -= head.rows
+            self._count(head.shape, -head.rows)
             head.next_row = head.rows
             return [Slice(head, 0, head.rows)]
         budget = self._target_rows(policy)
+        shape = self._queue[0].shape
         batch: list[Slice] = []
+        passed: list[PendingRequest] = []  # other shapes, ahead of where this batch stops
         while budget > 0 and self._queue:
-            head = self._queue[0]
-            if not head.started and (
-                head.future.done() or (head.deadline is not None and now >= head.deadline)
-            ):
-                self._drop_dead_heads(now)
+            request = self._queue.popleft()
+            if self._dead(request, now):
                 continue
-            take = min(budget, head.rows - head.next_row)
-            batch.append(Slice(head, head.next_row, head.next_row + take))
-            head.next_row += take
+            if request.shape != shape:
+                passed.append(request)
+                continue
+            take = min(budget, request.rows - request.next_row)
+            batch.append(Slice(request, request.next_row, request.next_row + take))
+            request.next_row += take
             budget -= take
-            self.rows -= take
-            if head.next_row == head.rows:
-                self._queue.popleft()
+            self._count(shape, -take)
+            if request.next_row < request.rows:
+                self._queue.appendleft(request)  # the rest of it leads the next batch
+        self._queue.extendleft(reversed(passed))
         return batch
 
 

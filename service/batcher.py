@@ -7,7 +7,9 @@ Policy (docs/architecture.md, "The request path"):
   `preferred_batch_sizes` cut a batch at the largest preferred size that the queue fills.
 - Requests are split at row granularity: one request's rows may span several batches (a
   request larger than `max_batch_size` is split and reassembled), and one batch may carry
-  rows of many requests. Each response gets exactly its own rows, in order.
+  rows of many requests of one shape (batch_queue.py). Each response gets its own rows.
+- A batch of several requests that fails is run again one request at a time, once: only
+  the requests that fail alone get an error (service/batch_execution.py).
 - Admission is bounded in rows (`max_queue_size`): a full queue answers RESOURCE_EXHAUSTED
   at once. Expired and cancelled requests are dropped before compute.
 - Models that cannot batch (`merge=False`) go through the same queue, one request a run.
@@ -18,7 +20,8 @@ arrive in the same loop turn leave together, and a batch is handed to an idle in
 thread (service/instances.py) with one queue put. A fault in dispatch is supervised: the
 waiting requests fail INTERNAL, the batcher refuses new ones and tells its listeners.
 Copies: one `np.concatenate` per input per batch, on the instance's thread (none when a
-batch is a single whole request); outputs are sliced as views.
+batch is a single whole request); outputs are sliced as views. Answering the requests of
+an executed batch, and the reruns of a failed one, live in service/batch_execution.py.
 """
 
 from __future__ import annotations
@@ -26,8 +29,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from functools import partial
 
+from service.batch_execution import BatchExecution
 from service.batch_queue import (
     CANCELLED,
     DEADLINE,
@@ -41,17 +44,16 @@ from service.batch_queue import (
     PendingRequest,
     RequestQueue,
     Slice,
-    hand_out,
+    shape_key,
 )
 from service.errors import (
-    CnnserveError,
     DeadlineExceeded,
     InternalError,
     InvalidArgument,
     ResourceExhausted,
     Unavailable,
 )
-from service.instances import INLINE_BELOW_S, InstanceThread, Outputs
+from service.instances import INLINE_BELOW_S, InstanceThread
 from service.scheduler import Arrays, Feeds, Runner
 
 # Re-exported: the batcher's public types live with its queue.
@@ -85,6 +87,13 @@ class DynamicBatcher:
         self._observer = observer
         self._inline_below_s = inline_below_s  # see service/instances.py
         self._queue = RequestQueue(on_expired=lambda: self._reject(DEADLINE))
+        self._execution = BatchExecution(
+            name=name,
+            merge=policy.merge,
+            observer=observer,
+            forget=self._forget,
+            instance_free=self._instance_free,
+        )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._scheduled = False  # a dispatch is pending in the loop's ready queue
         self._held_turn = False  # this partial batch already waited one loop turn
@@ -215,6 +224,7 @@ class DynamicBatcher:
             deadline=deadline,
             enqueued_at=now,
             future=loop.create_future(),
+            shape=shape_key(inputs) if self.policy.merge else None,
         )
         self._queue.append(pending)
         self._schedule()
@@ -285,7 +295,7 @@ class DynamicBatcher:
             return False
         if not self.policy.merge or self._closing:
             return False  # requests that never merge gain nothing from waiting
-        if self._queue.rows >= self.policy.max_batch_size:
+        if self._queue.head_shape_rows >= self.policy.max_batch_size:
             return False
         if loop.time() - self._last_done >= HOLD_AFTER_BUSY_S:
             return False
@@ -306,9 +316,7 @@ class DynamicBatcher:
             batch = self._form_batch(now)
             if not batch:
                 continue  # only expired or cancelled requests were at the head
-            instance = self._idle.pop()
-            names = tuple(dict.fromkeys(n for s in batch for n in s.request.output_names))
-            instance.run(batch, names, partial(self._finished, batch, names, now))
+            self._execution.run(self._idle.pop(), batch, now)
 
     def _delay_over(self) -> None:
         self._delay = None
@@ -328,61 +336,18 @@ class DynamicBatcher:
         policy = self.policy
         if policy.max_queue_delay_s <= 0 or not policy.merge or self._closing:
             return 0.0
-        queued = self._queue.rows
+        queued = self._queue.head_shape_rows  # what the next batch (the head's shape) can take
         if queued >= policy.max_batch_size:
             return 0.0
         if policy.preferred_batch_sizes and queued in policy.preferred_batch_sizes:
             return 0.0
         return max(0.0, self._queue.head.enqueued_at + policy.max_queue_delay_s - now)
 
-    # -- execution ---------------------------------------------------------------------
+    # -- execution (service/batch_execution.py) ----------------------------------------
 
-    def _finished(
-        self,
-        batch: list[Slice],
-        names: tuple[str, ...],
-        started: float,
-        instance: InstanceThread,
-        outputs: Outputs | None,
-        error: BaseException | None,
-        compute_s: float,
-    ) -> None:
-        """On the loop, when an instance has run a batch: hand each request its rows."""
-        self._idle.append(instance)
+    def _instance_free(self, instance: InstanceThread) -> None:
+        """An instance has answered its batch (and any reruns): it takes the next one."""
         assert self._loop is not None
+        self._idle.append(instance)
         self._last_done = self._loop.time()
-        failed = True
-        try:
-            if error is not None:
-                raise error
-            assert outputs is not None
-            hand_out(batch, dict(zip(names, outputs, strict=True)), merge=self.policy.merge)
-            failed = False
-        except CnnserveError as exc:
-            self._fail_parts(batch, exc)
-        except Exception as exc:  # a fault in our code or the runner: every part learns why
-            log.exception("batch of %d rows failed on model %s", len(batch), self._name)
-            self._fail_parts(batch, InternalError(f"batch failed: {exc}"))
-        try:
-            if self._observer is not None:
-                self._observer.batch(
-                    BatchRecord(
-                        rows=sum(
-                            p.rows if self.policy.merge else p.request.batch_size for p in batch
-                        ),
-                        requests=len(batch),
-                        queue_waits_s=tuple(started - p.request.enqueued_at for p in batch),
-                        compute_s=compute_s,
-                        failed=failed,
-                    )
-                )
-        finally:  # whatever the observer does, the free instance takes the next batch
-            self._dispatch()
-
-    def _fail_parts(self, batch: list[Slice], error: CnnserveError) -> None:
-        """Every request in a failed batch gets the error as raised (the same instance: no
-        rebuilding by constructor). A request split over several batches has failed as a
-        whole, so its rows that are still queued are withdrawn and never computed."""
-        for part in batch:
-            part.request.fail(error)
-            self._forget(part.request)
+        self._dispatch()

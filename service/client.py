@@ -8,6 +8,7 @@ the v2 protocol with our own generated stubs, so it needs no tritonclient.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -55,17 +56,49 @@ class ClientSecurity:
         return (("authorization", f"Bearer {self.token}"),) if self.token else ()
 
 
+def check_reachable(address: str) -> None:
+    """Say at once what gRPC would only say after its connection timeout: a URL where
+    host:port is wanted (a UsageError), or a port where nothing listens."""
+    if "://" in address:
+        scheme, rest = address.split("://", 1)
+        raise UsageError(
+            f"--url takes host:port (gRPC), not a URL with '{scheme}://': "
+            f"try --url {rest.rstrip('/')}"
+        )
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        return  # a name gRPC resolves itself (unix:, dns:): leave it the whole timeout
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=2):
+            return
+    except ConnectionRefusedError:
+        raise ClientError(
+            f"connection refused at {address}: nothing listens there (is the server "
+            "running? gRPC is port 8001 by default, REST 8000)"
+        ) from None
+    except OSError:
+        return  # unreachable or filtered: gRPC's own wait says so
+
+
+def wait_connected(channel: grpc.Channel, address: str, timeout_s: float) -> None:
+    """Until the channel connects, or ClientError: refused at once, else after the timeout
+    (a TLS server reached without TLS, or a port that speaks another protocol)."""
+    check_reachable(address)
+    try:
+        grpc.channel_ready_future(channel).result(timeout=timeout_s)
+    except grpc.FutureTimeoutError:
+        raise ClientError(
+            f"cannot reach {address} (no gRPC connection in {timeout_s:g} s: is it the "
+            "server's gRPC port, and does it need --ca-cert?)"
+        ) from None
+
+
 @contextmanager
 def connected(address: str, security: ClientSecurity, timeout_s: float) -> Iterator[grpc.Channel]:
     """A channel that is connected (or ClientError "cannot reach"), whose RPC errors come
     out as ClientError "<STATUS>: <message>"."""
     with security.channel(address) as channel:
-        try:
-            grpc.channel_ready_future(channel).result(timeout=timeout_s)
-        except grpc.FutureTimeoutError:
-            raise ClientError(
-                f"cannot reach {address} (no connection in {timeout_s:g} s)"
-            ) from None
+        wait_connected(channel, address, timeout_s)
         try:
             yield channel
         except grpc.RpcError as exc:

@@ -25,6 +25,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from service import __version__
 from service.errors import CnnserveError, Code, ConfigError, InvalidArgument, Unavailable
 from service.http_codec import HEADER_LENGTH, decode_infer, encode_infer, split_body
+from service.http_connections import ConnectionLog
 from service.inference import InferenceCore
 from service.metrics import Metrics
 from service.model import ServedModel
@@ -176,7 +177,12 @@ class HttpFrontEnd:
             post(base + "/infer", self.infer)
 
     async def start(self, host: str, port: int) -> int:
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(
+            self.app,
+            access_log=None,
+            handle_signals=False,
+            logger=ConnectionLog(logging.getLogger("aiohttp.server")),  # gRPC at this port
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, ssl_context=self._ssl_context())
         await site.start()

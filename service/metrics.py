@@ -17,7 +17,6 @@ from bisect import bisect_left
 from collections.abc import Iterator
 from contextlib import suppress
 from dataclasses import dataclass, field
-from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -26,7 +25,7 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import HistogramMetricFamily
 
 from service.batcher import BatchRecord
 from service.scheduler import Scheduler
@@ -37,6 +36,9 @@ DURATION_BUCKETS = (
 )  # fmt: skip
 BATCH_BUCKETS = tuple(float(2**i) for i in range(11))  # 1 .. 1024
 UNKNOWN_MODEL = ""
+# The `outcome` label of cnnserve_batch_reruns_total.
+RESCUED = "rescued"
+FAILED_AGAIN = "failed"
 
 
 class LoopHistogram:
@@ -213,6 +215,19 @@ class Metrics:
             (*labels, "reason"),
             registry=registry,
         )
+        self.batch_failures = Counter(
+            "cnnserve_batch_failures",
+            "Batches of several requests that failed in the runtime; each of their requests "
+            "was then run alone once (cnnserve_batch_reruns_total)",
+            labels,
+            registry=registry,
+        )
+        self.batch_reruns = Counter(
+            "cnnserve_batch_reruns",
+            "Requests of a failed batch run alone, by outcome: rescued (answered) or failed",
+            (*labels, "outcome"),
+            registry=registry,
+        )
         self.model_ready = Gauge(
             "cnnserve_model_ready",
             "1 if the model version serves, else 0",
@@ -268,6 +283,11 @@ class Metrics:
         for reason in owner.rejection_reasons:
             with suppress(KeyError):
                 self.rejections.remove(*key, reason)
+        with suppress(KeyError):
+            self.batch_failures.remove(*key)
+        for outcome in (RESCUED, FAILED_AGAIN):
+            with suppress(KeyError):
+                self.batch_reruns.remove(*key, outcome)
         for family in (
             self.request_duration,
             self.queue_duration,
@@ -344,6 +364,13 @@ class ModelMetrics:
         batch = stats.batches.setdefault(record.rows, BatchStats())
         batch.compute_infer.add(record.compute_s)
 
+    def batch_failed(self) -> None:
+        self.metrics.batch_failures.labels(self.model, self.version).inc()
+
+    def rerun(self, rescued: bool) -> None:
+        outcome = RESCUED if rescued else FAILED_AGAIN
+        self.metrics.batch_reruns.labels(self.model, self.version, outcome).inc()
+
     def rejected(self, reason: str) -> None:
         self.rejection_reasons.add(reason)
         self.metrics.rejections.labels(self.model, self.version, reason).inc()
@@ -359,37 +386,3 @@ class ModelMetrics:
             stats.last_inference_ms = int(time.time() * 1000)  # wall clock: Triton's field
         else:
             stats.fail.add(seconds)
-
-
-class GpuMemoryCollector:
-    """cnnserve_gpu_memory_{used,total}_bytes per GPU, read through NVML at scrape time."""
-
-    def __init__(self, nvml: Any) -> None:
-        self._nvml = nvml
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        used = GaugeMetricFamily(
-            "cnnserve_gpu_memory_used_bytes", "GPU memory in use (NVML)", labels=["gpu"]
-        )
-        total = GaugeMetricFamily(
-            "cnnserve_gpu_memory_total_bytes", "GPU memory size (NVML)", labels=["gpu"]
-        )
-        nvml = self._nvml
-        for index in range(nvml.nvmlDeviceGetCount()):
-            info = nvml.nvmlDeviceGetMemoryInfo(nvml.nvmlDeviceGetHandleByIndex(index))
-            used.add_metric([str(index)], float(info.used))
-            total.add_metric([str(index)], float(info.total))
-        yield used
-        yield total
-
-
-def register_gpu_memory(registry: CollectorRegistry) -> bool:
-    """Add the GPU memory collector when NVML answers; False (nothing added) otherwise."""
-    try:
-        import pynvml  # type: ignore[import-not-found]
-
-        pynvml.nvmlInit()
-    except Exception:  # no pynvml, no driver or no GPU: skip cleanly
-        return False
-    registry.register(GpuMemoryCollector(pynvml))
-    return True

@@ -33,7 +33,7 @@ import grpc
 import numpy as np
 import yaml
 
-from service.client import ClientError, UsageError
+from service.client import ClientError, UsageError, wait_connected
 from service.datatypes import DATATYPES
 from service.layout import CONFIG_FILE
 from service.v2 import grpc_service_pb2 as pb
@@ -228,10 +228,7 @@ T = TypeVar("T")
 def _call(address: str, what: str, call: Callable[[pb_grpc.GRPCInferenceServiceStub], T]) -> T:
     """One unary call with the server's error as a one-line ClientError."""
     with grpc.insecure_channel(address) as channel:
-        try:
-            grpc.channel_ready_future(channel).result(timeout=10)
-        except grpc.FutureTimeoutError:
-            raise ClientError(f"cannot reach {address} (no connection in 10 s)") from None
+        wait_connected(channel, address, 10)
         try:
             return call(pb_grpc.GRPCInferenceServiceStub(channel))
         except grpc.RpcError as exc:

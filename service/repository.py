@@ -131,7 +131,9 @@ class ModelRepository:
             self._swap_in(entry, fresh, latest.stamp)
             await self._notify(name, True)
             if served is not None:
-                self._retirement.later(served, out_of_service=False)
+                self._retirement.later(served, out_of_service=False)  # trims the heap after
+            else:  # a first load frees its reading and timing buffers: give them back too
+                self._retirement.release_heap_later()
 
     def _load_failed(
         self, entry: ModelEntry, version: int, stamp: FileStamp, exc: CnnserveError

@@ -17,10 +17,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
+from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument as OrtInvalidArgument
 
 from service.config import DeviceRequest
 from service.device_rows import DeviceRows
-from service.errors import InternalError, ModelLoadError
+from service.errors import InternalError, InvalidArgument, ModelLoadError
 from service.records import OnnxTensor
 from service.scheduler import Feeds
 
@@ -134,6 +135,11 @@ class OnnxRunner:
             if self.io_binding or any(isinstance(f, DeviceRows) for f in feeds.values()):
                 return self._run_bound(feeds, output_names)
             results: list[npt.NDArray[np.generic]] = self.session.run(list(output_names), feeds)
+        except OrtInvalidArgument as exc:
+            # onnxruntime blames the values it was given (a Gather index out of range): the
+            # client's fault, once the request has run alone (batch_execution.py).
+            message = f"onnxruntime refused the input of {self.path.name}: {exc}"
+            raise InvalidArgument(message) from exc
         except Exception as exc:
             raise InternalError(f"onnxruntime failed on {self.path.name}: {exc}") from exc
         return results

@@ -21,11 +21,12 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
+from service.gpu_memory import register_gpu_memory
 from service.grpc_api import InferenceServicer, add_to_server
 from service.http_api import HttpFrontEnd
 from service.inference import InferenceCore
 from service.loader import SchedulerFactory, VersionLoader, scheduler_factory
-from service.metrics import Metrics, register_gpu_memory
+from service.metrics import Metrics
 from service.poller import RepositoryPoller
 from service.repository import ModelRepository
 from service.security import BearerTokenInterceptor, server_credentials

@@ -94,9 +94,10 @@ def affine(dims: Sequence[Dim], opset: int = 17) -> onnx.ModelProto:
     return model
 
 
-def wide(inputs: int, outputs: int, seed: int) -> onnx.ModelProto:
-    """y = x @ W with a random W [inputs, outputs] (4 * inputs * outputs bytes of weights),
-    fixed batch 1: a stand-in for a large third-party model whose memory must come back."""
+def wide(inputs: int, outputs: int, seed: int, batch: Dim = 1) -> onnx.ModelProto:
+    """y = x @ W with a random W [inputs, outputs] (4 * inputs * outputs bytes of weights):
+    a stand-in for a large third-party model whose memory must come back. Fixed batch 1 by
+    default; a symbolic `batch` makes it batched (config-less: instances: auto times it)."""
     import numpy as np
     from onnx import numpy_helper
 
@@ -104,8 +105,8 @@ def wide(inputs: int, outputs: int, seed: int) -> onnx.ModelProto:
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["x", "W"], ["y"])],
         "wide",
-        [_value_info("x", TensorProto.FLOAT, [1, inputs])],
-        [_value_info("y", TensorProto.FLOAT, [1, outputs])],
+        [_value_info("x", TensorProto.FLOAT, [batch, inputs])],
+        [_value_info("y", TensorProto.FLOAT, [batch, outputs])],
         [numpy_helper.from_array(weights, "W")],
     )
     return _model(graph)

@@ -85,13 +85,17 @@ NOWHERE = "127.0.0.1:{port}"  # a loopback port that nothing listens on
     [
         (["infer", "--model", "nosuch", "{png}"], 1, "NOT_FOUND: unknown model 'nosuch'"),
         (["infer", "--model", "digits", "{garbage}"], 1, "INVALID_ARGUMENT: "),
-        (["infer", "--model", "digits", "--url", NOWHERE, "--timeout", "1", "{png}"], 1,
-         "cannot reach 127.0.0.1:"),
+        # Refused at once (a TCP probe), not after the connection timeout (the default 10 s).
+        (["infer", "--model", "digits", "--url", NOWHERE, "{png}"], 1,
+         "connection refused at 127.0.0.1:"),
+        (["infer", "--model", "digits", "--url", "http://127.0.0.1:8001/", "{png}"], 2,
+         "not a URL with 'http://': try --url 127.0.0.1:8001"),
         (["infer", "--model", "digits", "{missing}"], 2, "cannot read "),
         (["infer", "--model", "digits", "--top-k", "0", "{png}"], 2, "--top-k must be"),
         (["infer", "{png}"], 2, "the following arguments are required: --model"),
         (["health", "--service", "nosuch"], 1, "NOT_FOUND: the server has no health status"),
-        (["health", "--url", NOWHERE, "--timeout", "1"], 1, "cannot reach 127.0.0.1:"),
+        (["health", "--url", NOWHERE], 1, "connection refused at 127.0.0.1:"),
+        (["health", "--url", "grpc://127.0.0.1:8001"], 2, "try --url 127.0.0.1:8001"),
         (["health", "--timeout", "soon"], 2, "invalid float value"),
     ],
 )  # fmt: skip

@@ -5,7 +5,9 @@ cases (each a clear 4xx, the server up), and SIGTERM draining HTTP as it drains 
 from __future__ import annotations
 
 import json
+import logging
 import signal
+import socket
 import subprocess
 import threading
 import urllib.error
@@ -248,3 +250,21 @@ def test_aiohttp_refusals_carry_the_json_error_body(tmp_path: Path) -> None:
         status, answer = call(f"{base}/v2/nowhere")
         assert status == 404 and "Not Found: /v2/nowhere" in json.loads(answer)["error"]
         assert call(f"{base}/v2/health/ready")[0] == 200
+
+
+def test_a_grpc_client_at_the_rest_port_is_one_warning_not_tracebacks(
+    server: ServerThread, caplog: pytest.LogCaptureFixture
+) -> None:
+    host, port = rest(server).rsplit(":", 1)
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):  # as gRPC does: it reconnects with backoff
+            with socket.create_connection((host, int(port)), timeout=10) as connection:
+                connection.sendall(preface)
+                assert b" 400 Bad Request" in connection.recv(4096)
+    said = [r for r in caplog.records if r.name == "aiohttp.server"]
+    assert [r.levelno for r in said] == [logging.WARNING]
+    assert "spoke HTTP/2 (gRPC?) to the REST port" in said[0].getMessage()
+    assert said[0].exc_info is None
+    status, _ = call(f"http://{rest(server)}/v2/health/live")
+    assert status == 200

@@ -63,7 +63,7 @@ def test_a_model_that_does_not_exist_is_a_usage_error(tmp_path: Path) -> None:
 def test_a_server_that_is_not_up_is_reported_in_one_line() -> None:
     done = profile("--url", f"127.0.0.1:{free_port()}", "--model", "double", *QUICK)
     assert done.returncode == 1
-    assert "cannot reach 127.0.0.1:" in done.stderr and "Traceback" not in done.stderr
+    assert "connection refused at 127.0.0.1:" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_a_budget_no_setting_meets_names_the_closest(tmp_path: Path) -> None:

@@ -10,13 +10,16 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import pytest
 
 from service import batcher as batcher_module
+from service.batch_queue import shape_key
 from service.batcher import BatchPolicy, BatchRecord, DynamicBatcher
+from service.device_rows import DeviceRows
 from service.errors import (
     DeadlineExceeded,
     InternalError,
@@ -71,12 +74,20 @@ class Recorder:
     def __init__(self) -> None:
         self.records: list[BatchRecord] = []
         self.rejections: list[str] = []
+        self.batch_failures = 0
+        self.reruns: list[bool] = []  # rescued?
 
     def batch(self, record: BatchRecord) -> None:
         self.records.append(record)
 
     def rejected(self, reason: str) -> None:
         self.rejections.append(reason)
+
+    def batch_failed(self) -> None:
+        self.batch_failures += 1
+
+    def rerun(self, rescued: bool) -> None:
+        self.reruns.append(rescued)
 
 
 async def make(
@@ -256,23 +267,33 @@ async def test_cancelled_request_is_not_run_and_neighbours_are_unaffected(
     assert not any((batch >= 7000).any() for batch in runner.batches)
 
 
-async def test_runner_failure_fails_only_its_batch(
-    gated: tuple[FakeRunner, DynamicBatcher],
-) -> None:
-    runner, batcher = gated
+async def test_a_poisoned_request_fails_alone_and_its_batch_neighbours_answer() -> None:
+    runner = FakeRunner(gated=True)
+    recorder = Recorder()
+    batcher = await make([runner], recorder, max_batch_size=8)
     first = asyncio.create_task(submit(batcher, rows(1)))
     await runner.started.wait()
-    poisoned = [
-        asyncio.create_task(submit(batcher, rows(1, start=POISON))),
-        asyncio.create_task(submit(batcher, rows(1))),
-    ]
-    await until(lambda: batcher.queued_rows == 2)
+    inputs = [rows(1, start=POISON if i == 3 else 10 * i) for i in range(8)]
+    queued = [asyncio.create_task(submit(batcher, x)) for x in inputs]
+    await until(lambda: batcher.queued_rows == 8)
     runner.release()
     await first
-    outcomes = await asyncio.gather(*poisoned, return_exceptions=True)
-    for outcome in outcomes:  # both shared the poisoned batch
-        assert isinstance(outcome, InternalError)
-        assert "poisoned batch" in outcome.message
+    outcomes = await asyncio.gather(*queued, return_exceptions=True)
+    for index, (x, outcome) in enumerate(zip(inputs, outcomes, strict=True)):
+        if index == 3:
+            assert isinstance(outcome, InternalError)
+            assert "poisoned batch" in outcome.message
+        else:
+            assert isinstance(outcome, dict)
+            np.testing.assert_array_equal(outcome["y"], expected(x)[0])
+    # Executions as they happened: the lone first, the batch of 8 that failed, 8 reruns.
+    assert runner.sizes == [1, 8] + [1] * 8
+    assert [(r.rows, r.failed) for r in recorder.records] == (
+        [(1, False), (8, True)] + [(1, i == 3) for i in range(8)]
+    )
+    assert sum(len(r.queue_waits_s) for r in recorder.records) == 9  # one wait per request
+    assert recorder.batch_failures == 1
+    assert recorder.reruns == [i != 3 for i in range(8)]
     # The batcher keeps running.
     result = await submit(batcher, rows(2))
     np.testing.assert_array_equal(result["y"], expected(rows(2))[0])
@@ -448,4 +469,144 @@ async def test_under_load_a_partial_batch_waits_one_loop_turn_and_never_when_idl
     assert runner.sizes == [1, 1]
     await b_then_c_one_turn_later()  # a batch finished just now: B waits one turn for C
     assert runner.sizes == [1, 1, 2]
+    await batcher.aclose()
+
+
+def wide_rows(n: int, width: int, start: float = 0.0, dtype: type = np.float32) -> dict[str, Any]:
+    return {"x": (np.arange(n * width).reshape(n, width) + start).astype(dtype)}
+
+
+async def test_requests_of_other_shapes_never_share_a_batch_and_keep_their_place() -> None:
+    runner = FakeRunner(gated=True)
+    batcher = await make([runner], max_batch_size=8)
+    first = asyncio.create_task(submit(batcher, rows(1)))
+    await runner.started.wait()
+    # Widths 3 and 5, and width 3 in float64: three shapes, interleaved.
+    inputs = [
+        wide_rows(1, 3, 0), wide_rows(2, 5, 10), wide_rows(1, 3, 20),
+        wide_rows(1, 3, 25, np.float64), wide_rows(1, 5, 30), wide_rows(2, 3, 40),
+    ]  # fmt: skip
+    queued = [asyncio.create_task(submit(batcher, x)) for x in inputs]
+    await until(lambda: batcher.queued_rows == 8)
+    runner.release()
+    results = await asyncio.gather(first, *queued)
+    for x, result in zip(inputs, results[1:], strict=True):
+        np.testing.assert_array_equal(result["y"], 2 * x["x"].astype(np.float32) + 1)
+        np.testing.assert_array_equal(result["s"], x["x"].astype(np.float32).sum(1, keepdims=True))
+    # The head (width 3) sets the first batch; width 5 leads the next, then float64.
+    assert [(len(b), b.shape[1]) for b in runner.batches] == [(1, 3), (4, 3), (3, 5), (1, 3)]
+    assert runner.batches[3][0, 0] == 25
+    assert batcher.queued_rows == 0
+    await batcher.aclose()
+
+
+async def test_preferred_sizes_count_only_rows_of_the_heads_shape() -> None:
+    runner = FakeRunner(gated=True)
+    batcher = await make([runner], max_batch_size=8, preferred_batch_sizes=(2,))
+    first = asyncio.create_task(submit(batcher, rows(1)))
+    await runner.started.wait()
+    widths = [3, 5, 3, 3, 5]
+    queued = [
+        asyncio.create_task(submit(batcher, wide_rows(1, w, i))) for i, w in enumerate(widths)
+    ]
+    await until(lambda: batcher.queued_rows == 5)
+    runner.release()
+    await asyncio.gather(first, *queued)
+    # A3 A3 | B5 B5 (the older width-5 request leads once the head's batch has gone) | A3
+    assert [(len(b), b.shape[1]) for b in runner.batches] == [(1, 3), (2, 3), (2, 5), (1, 3)]
+    await batcher.aclose()
+
+
+async def test_a_split_request_of_another_shape_is_reassembled_in_order() -> None:
+    runner = FakeRunner(gated=True)
+    batcher = await make([runner], max_batch_size=4)
+    first = asyncio.create_task(submit(batcher, rows(1)))
+    await runner.started.wait()
+    big = wide_rows(10, 5, 100)
+    inputs = [wide_rows(1, 3, 0), big, wide_rows(2, 3, 50)]
+    queued = [asyncio.create_task(submit(batcher, x)) for x in inputs]
+    await until(lambda: batcher.queued_rows == 13)
+    runner.release()
+    results = await asyncio.gather(first, *queued)
+    np.testing.assert_array_equal(results[2]["y"], 2 * big["x"] + 1)
+    assert [(len(b), b.shape[1]) for b in runner.batches] == [
+        (1, 3), (3, 3), (4, 5), (4, 5), (2, 5),
+    ]  # fmt: skip
+    await batcher.aclose()
+
+
+class StepRunner(FakeRunner):
+    """Runs one batch per `allow()`ed step; `calls` counts the runs that have begun."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+        self._steps = threading.Semaphore(0)
+
+    def allow(self, steps: int) -> None:
+        for _ in range(steps):
+            self._steps.release()
+
+    def run(self, feeds: Feeds, output_names: Sequence[str]) -> list[npt.NDArray[np.generic]]:
+        self.calls += 1
+        assert self._steps.acquire(timeout=60)
+        return super().run(feeds, output_names)
+
+
+async def test_a_request_cancelled_before_its_rerun_is_not_run_again() -> None:
+    runner = StepRunner()
+    recorder = Recorder()
+    # Never inline: a run that waits for its step must not hold the event loop.
+    batcher = DynamicBatcher(
+        [runner], BatchPolicy(max_batch_size=4, max_queue_size=100), observer=recorder,
+        inline_below_s=0.0,
+    )  # fmt: skip
+    await batcher.start()
+    first = asyncio.create_task(submit(batcher, rows(1)))
+    await until(lambda: runner.calls == 1)
+    poisoned = asyncio.create_task(submit(batcher, rows(1, start=POISON)))
+    doomed = asyncio.create_task(submit(batcher, rows(1, start=7000)))
+    fine = asyncio.create_task(submit(batcher, rows(1, start=5)))
+    await until(lambda: batcher.queued_rows == 3)
+    runner.allow(2)  # the first request, then the batch of three (which fails)
+    await until(lambda: runner.calls == 3)  # the poisoned request's rerun is waiting
+    doomed.cancel()
+    runner.allow(10)
+    await first
+    outcomes = await asyncio.gather(poisoned, doomed, fine, return_exceptions=True)
+    assert isinstance(outcomes[0], InternalError)
+    assert isinstance(outcomes[1], asyncio.CancelledError)
+    answer = outcomes[2]
+    assert isinstance(answer, dict)
+    np.testing.assert_array_equal(answer["y"], expected(rows(1, start=5))[0])
+    assert runner.sizes == [1, 3, 1, 1]  # the cancelled request did not run alone
+    assert recorder.reruns == [False, True]
+    await batcher.aclose()
+
+
+def test_the_shape_key_ignores_input_order_and_where_pixels_live() -> None:
+    a, b = np.zeros((2, 4), np.float32), np.zeros((3, 5), np.int64)
+    assert shape_key({"a": a, "b": b}) == shape_key({"b": b[:1], "a": a[:1]})  # rows differ
+    assert shape_key({"a": a}) != shape_key({"a": a.astype(np.float64)})
+    assert shape_key({"a": a}) != shape_key({"a": np.zeros((2, 5), np.float32)})
+    # Rows decoded on the device batch with host uint8 pixels of the same size.
+    device = DeviceRows.allocate((1, 8, 8, 3), "cpu", 0)
+    assert shape_key({"image": device}) == shape_key({"image": np.zeros((4, 8, 8, 3), np.uint8)})
+
+
+async def test_a_queue_delay_ends_when_the_heads_shape_fills_a_batch_not_another() -> None:
+    runner = FakeRunner()
+    # A delay far longer than the test's timeout: only a full batch of one shape leaves.
+    batcher = await make([runner], max_batch_size=2, max_queue_delay_s=3600.0)
+    a1 = asyncio.create_task(submit(batcher, wide_rows(1, 3, 0)))
+    b1 = asyncio.create_task(submit(batcher, wide_rows(1, 5, 10)))
+    await until(lambda: batcher.queued_rows == 2)
+    assert runner.sizes == []  # one row of each shape: neither batch is full
+    a2 = asyncio.create_task(submit(batcher, wide_rows(1, 3, 20)))
+    await asyncio.wait_for(asyncio.gather(a1, a2), timeout=60)
+    assert [(len(b), b.shape[1]) for b in runner.batches] == [(2, 3)]
+    assert not b1.done() and batcher.queued_rows == 1
+    b2 = asyncio.create_task(submit(batcher, wide_rows(1, 5, 30)))
+    await asyncio.wait_for(asyncio.gather(b1, b2), timeout=60)
+    assert [(len(b), b.shape[1]) for b in runner.batches] == [(2, 3), (2, 5)]
     await batcher.aclose()

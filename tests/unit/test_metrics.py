@@ -9,7 +9,8 @@ from prometheus_client import CollectorRegistry
 
 from service.batcher import BatchPolicy, DynamicBatcher
 from service.errors import ResourceExhausted
-from service.metrics import Metrics, register_gpu_memory
+from service.gpu_memory import register_gpu_memory
+from service.metrics import Metrics
 from tests.unit.test_batcher import FakeRunner, rows, submit
 from tests.waiting import until
 
@@ -99,3 +100,27 @@ def test_no_gpu_means_no_gpu_collector() -> None:
     if register_gpu_memory(registry):
         pytest.skip("this machine has an NVML GPU")
     assert registry.get_sample_value("cnnserve_gpu_memory_used_bytes", {"gpu": "0"}) is None
+
+
+def test_batch_failures_and_reruns_are_counted_and_leave_with_their_version() -> None:
+    registry = CollectorRegistry()
+    metrics = Metrics(registry, process=False)
+    bound = metrics.for_model("m", "1")
+    metrics.activate(bound)
+    bound.batch_failed()
+    for rescued in (True, True, False):
+        bound.rerun(rescued)
+    assert sample(registry, "cnnserve_batch_failures_total") == 1
+    assert sample(registry, "cnnserve_batch_reruns_total", outcome="rescued") == 2
+    assert sample(registry, "cnnserve_batch_reruns_total", outcome="failed") == 1
+    bound.release()
+    assert (
+        registry.get_sample_value("cnnserve_batch_failures_total", {"model": "m", "version": "1"})
+        is None
+    )
+    assert (
+        registry.get_sample_value(
+            "cnnserve_batch_reruns_total", {"model": "m", "version": "1", "outcome": "rescued"}
+        )
+        is None
+    )
