@@ -179,9 +179,19 @@ def test_bad_timeout_parameter_is_invalid_argument(example_server: ServerThread)
 
 
 def test_grpc_deadline_in_the_past_is_deadline_exceeded(example_server: ServerThread) -> None:
+    # A 1 us deadline usually passes before the request is read; but grpc-core can also
+    # deliver an answer that came back faster than its own deadline timer fired (measured:
+    # 1 call in 3 on a warm channel, the code before issue 24 alike). So: 20 calls, at
+    # least one refused, every refusal DEADLINE_EXCEEDED (all 20 answered: p < 1e-9).
     with grpc.insecure_channel(example_server.address) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
-        with pytest.raises(grpc.RpcError) as caught:
-            stub.ModelInfer(_raw_request(1, 0), timeout=0.000001)
-        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        codes = []
+        for _ in range(20):
+            try:
+                stub.ModelInfer(_raw_request(1, 0), timeout=0.000001)
+                codes.append(grpc.StatusCode.OK)
+            except grpc.RpcError as exc:
+                codes.append(exc.code())
+        assert grpc.StatusCode.DEADLINE_EXCEEDED in codes
+        assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.DEADLINE_EXCEEDED}
         assert stub.ModelInfer(_raw_request(1, 0)).outputs[0].name == "probabilities"
