@@ -22,16 +22,13 @@ import asyncio
 import shutil
 import statistics
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import onnx
 
 from bench.loadgen import infer_request_bytes, run_level
 from bench.midcnn import INPUT_SHAPE, midcnn
-from bench.run import OUT, ServerProcess
-from service.runtime import OnnxRunner, default_intra_op_threads
+from bench.run import OUT, BenchModel, ServerProcess, in_process
 
 WIDTHS = (192, 160, 96)
 BATCHES = (1, 8, 16)
@@ -41,22 +38,14 @@ MODEL = "midcnn_lines"
 
 def in_process_best(path: Path, width: int, min_s: float) -> tuple[float, str]:
     """Images per second of the best batch size (and spinning) for one width."""
-    best, shape = 0.0, ""
-    x = np.random.default_rng(0).random((max(BATCHES), *INPUT_SHAPE[:2], width), np.float32)
-    for spin in (False, True):
-        runner = OnnxRunner(path, intra_op_threads=default_intra_op_threads(1), spin=spin)
-        for batch in BATCHES:
-            feeds = {"x": x[:batch]}
-            runner.run(feeds, ["logits"])  # the first-shape cost, as warm-up pays it
-            runs, started = 0, time.perf_counter()
-            while runs < 3 or time.perf_counter() - started < min_s:
-                runner.run(feeds, ["logits"])
-                runs += 1
-            rate = runs * batch / (time.perf_counter() - started)
-            if rate > best:
-                best, shape = rate, f"batch {batch}{', spinning' if spin else ''}"
-        runner.close()
-    return best, shape
+    model = BenchModel(MODEL, "x", (*INPUT_SHAPE[:2], width), duration_s=0.0)
+    rates = {
+        (batch, spin): in_process(path, model, batch, min_s, spin)
+        for spin in (False, True)
+        for batch in BATCHES
+    }
+    (batch, spin), best = max(rates.items(), key=lambda item: item[1])
+    return best, f"batch {batch}{', spinning' if spin else ''}"
 
 
 def harmonic(rates: list[float]) -> float:

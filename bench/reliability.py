@@ -453,9 +453,10 @@ RELOADS = 100
 SLOPE_BOUND_MIB = 0.2  # fitted RSS growth per reload
 
 
-def fitted_slope(values: list[float]) -> float:
-    """Least-squares growth per step (MiB per reload)."""
-    return float(np.polyfit(np.arange(len(values)), values, 1)[0])
+def fitted_slope(values: list[float], at: list[int] | None = None) -> float:
+    """Least-squares growth per step (MiB per reload); `at`: the reload of each value
+    (default: one value per reload)."""
+    return float(np.polyfit(np.arange(len(values)) if at is None else at, values, 1)[0])
 
 
 FLOOR_EVERY = 10  # reloads between two unloads (the floor: RSS with no session alive)
@@ -520,7 +521,7 @@ def memory(repository: Path) -> list[Outcome]:
 def _memory_outcome(
     rss: list[float], floors: list[tuple[int, float]], instances: list[int], served: list[str]
 ) -> Outcome:
-    floor_slope = float(np.polyfit([n for n, _ in floors], [r for _, r in floors], 1)[0])
+    floor_slope = fitted_slope([r for _, r in floors], at=[n for n, _ in floors])
     reloads = rss[1:]  # rss[0]: the load at start-up
     every_version = served == [str(v) for v in range(1, RELOADS + 2)]
     model_mib = sum(c[0] * c[1] * 9 for c in DETECTOR_CONVOLUTIONS) * 4 / 2**20

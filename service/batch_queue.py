@@ -197,7 +197,7 @@ class RequestQueue:
         if left:
             self._rows_by_shape[shape] = left
         else:  # no key per shape ever seen: a client cycling sizes cannot grow this
-            del self._rows_by_shape[shape]
+            self._rows_by_shape.pop(shape, None)
 
     def forget(self, pending: PendingRequest) -> None:
         """Withdraw a request: rows already in a running batch finish and are discarded;
