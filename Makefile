@@ -7,7 +7,7 @@ PORT ?= 8001
 MODEL_REPOSITORY ?= models
 ARGS ?=
 
-.PHONY: run test lint typecheck protos export bench clean system-deps image-test
+.PHONY: run client export-deps test lint typecheck protos export bench clean system-deps image-test
 
 $(VENV)/.serve: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,14 @@ $(VENV)/.serve: pyproject.toml
 $(VENV)/.dev: pyproject.toml $(VENV)/.serve
 	$(PY) -m pip install -q -e '.[dev,export]'
 	touch $@
+
+# What the README's examples import beside the server: tritonclient (gRPC + HTTP), scikit-learn.
+client: $(VENV)/.serve
+	$(PY) -m pip install -q -e '.[client]'
+
+# Training and export (`.venv/bin/cnnserve export ...`): torch 2.13.0 CPU, scikit-learn, optuna.
+export-deps: $(VENV)/.serve
+	$(PY) -m pip install -q -e '.[export]'
 
 # Any other server option through ARGS, e.g. `make run ARGS="--http-port 0"`
 # (`.venv/bin/cnnserve serve --help` lists them, each with its CNNSERVE_* variable).

@@ -27,8 +27,9 @@ import yaml
 
 from export.architectures import Cnn, SpecError, describe
 from export.augment import Augmentation
-from export.card import DataSource, read_card, write_card
+from export.card import DataSource, ModelCard, read_card, write_card
 from export.data import DatasetError, class_counts
+from export.learning_check import auto_batch_size, batch_size_note
 from export.onnx_export import ExportError, check_parity, export_onnx, load_module, to_fp16
 from export.pipeline import (
     Prepared,
@@ -42,6 +43,7 @@ from export.pipeline import (
 )
 from export.train import TrainConfig, train
 from export.tune import SearchError
+from service.cli_hints import ShowDefaults
 
 
 def _require_folder(out: Path) -> None:
@@ -69,8 +71,12 @@ def _setup(args: argparse.Namespace) -> tuple[Prepared, TrainConfig]:
         default_augmentation(prepared, args.flip) if args.augment == "default" else Augmentation()
     )
     weights = balanced_class_weights(prepared) if args.class_weights == "balanced" else None
+    train_images = len(prepared.split.train_y)
+    stated = args.batch_size is not None
+    batch_size = args.batch_size if stated else auto_batch_size(train_images)
+    print(batch_size_note(batch_size, train_images, stated=stated))
     config = TrainConfig(
-        epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
+        epochs=args.epochs, batch_size=batch_size, optimizer=args.optimizer,
         learning_rate=args.lr, weight_decay=args.weight_decay, patience=args.patience,
         seed=args.seed, augmentation=augmentation, class_weights=weights,
     )  # fmt: skip
@@ -90,9 +96,22 @@ def _train(args: argparse.Namespace) -> int:
         print(f"fine-tuning from {args.finetune}: {len(matching)} tensors loaded, backbone frozen")
     result = train(model, prepared.split, config)
     trained = Trained(model, architecture, config, result)
-    finish(args.out, args.name, prepared, trained, max_batch_size=args.max_batch_size,
-           plots=args.plots)  # fmt: skip
-    return 0
+    finished = finish(args.out, args.name, prepared, trained, max_batch_size=args.max_batch_size,
+                      plots=args.plots)  # fmt: skip
+    return _exit_status(finished.card, args.allow_weak)
+
+
+def _exit_status(card: ModelCard, allow_weak: bool) -> int:
+    """1 for a model no better than guessing (its entry is written, for its curves and
+    card), unless the user accepted that."""
+    if "weak" not in card or allow_weak:
+        return 0
+    print(
+        f"cnnserve export: {card['model']} was written with that warning in its card; "
+        "exit status 1 (--allow-weak: 0)",
+        file=sys.stderr,
+    )
+    return 1
 
 
 def _tune(args: argparse.Namespace) -> int:
@@ -132,9 +151,9 @@ def _tune(args: argparse.Namespace) -> int:
     (args.out / args.name).mkdir(exist_ok=True)
     files = write_trials(found, args.out / args.name)
     trained = Trained(model, describe(chosen), config, result)
-    finish(args.out, args.name, prepared, trained, max_batch_size=args.max_batch_size,
-           plots=args.plots, search=search_record, more_plots=files[1:])  # fmt: skip
-    return 0
+    finished = finish(args.out, args.name, prepared, trained, max_batch_size=args.max_batch_size,
+                      plots=args.plots, search=search_record, more_plots=files[1:])  # fmt: skip
+    return _exit_status(finished.card, args.allow_weak)
 
 
 def _ablate(args: argparse.Namespace) -> int:
@@ -209,23 +228,29 @@ def _training_flags(t: argparse.ArgumentParser) -> None:
         "--data", type=Path, help="image folder, one sub-folder per class (default: digits)"
     )
     t.add_argument("--image-size", type=int, nargs=2, default=[32, 32], metavar=("H", "W"),
-                   help="folder images are resized to this (default 32 32)")  # fmt: skip
+                   help="folder images are resized to this")  # fmt: skip
     t.add_argument("--color", choices=("rgb", "gray"), default="rgb", help="folder images")
     t.add_argument("--out", type=Path, default=Path("models"), help="model repository")
-    t.add_argument("--name", default="digits")
-    t.add_argument("--epochs", type=int, default=100)
-    t.add_argument("--batch-size", type=int, default=64)
-    t.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--weight-decay", type=float, default=1e-4)
+    t.add_argument("--name", default="digits", help="model name (its folder)")
+    t.add_argument("--epochs", type=int, default=100, help="at most")
+    t.add_argument(
+        "--batch-size", type=int, help="default: auto, the training split // 8 within 4..64"
+    )
+    t.add_argument("--optimizer", choices=("adam", "sgd"), default="adam", help="sgd: momentum 0.9")
+    t.add_argument("--lr", type=float, default=1e-3, help="learning rate")
+    t.add_argument("--weight-decay", type=float, default=1e-4, help="L2 penalty")
     t.add_argument("--patience", type=int, default=20, help="early stopping, in epochs")
-    t.add_argument("--augment", choices=("default", "none"), default="default")
+    t.add_argument("--augment", choices=("default", "none"), default="default", help="augmentation")
     t.add_argument("--flip", action="store_true", help="add horizontal flips (folder data)")
     t.add_argument("--class-weights", choices=("none", "balanced"), default="none",
                    help="balanced: weigh each class equally in the loss")  # fmt: skip
     t.add_argument("--max-batch-size", type=int, default=64, help="served batch limit")
-    t.add_argument("--no-plots", dest="plots", action="store_false")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--no-plots", dest="plots", action="store_false", help="skip the card's plots")
+    t.add_argument("--seed", type=int, default=0, help="split, weights and augmentation")
+    t.add_argument(
+        "--allow-weak", action="store_true",
+        help="exit 0 even when validation accuracy is no better than guessing",
+    )  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -235,19 +260,25 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    t = commands.add_parser("train", help="train a CNN and write a servable model entry")
+    t = commands.add_parser(
+        "train", formatter_class=ShowDefaults, help="train a CNN and write a servable model entry"
+    )
     _training_flags(t)
-    t.add_argument("--arch", choices=("cnn", "resnet18"), default="cnn")
+    t.add_argument("--arch", choices=("cnn", "resnet18"), default="cnn", help="architecture")
     t.add_argument("--finetune", type=Path, help="weights.pt to start from; backbone frozen")
-    tune = commands.add_parser("tune", help="hyperparameter search, then train the best")
+    tune = commands.add_parser(
+        "tune", formatter_class=ShowDefaults, help="hyperparameter search, then train the best"
+    )
     _training_flags(tune)
     tune.add_argument("--space", type=Path, help="YAML: parameter -> [values] or {low, high, log}")
     tune.add_argument("--method", choices=("tpe", "grid"), default="tpe")
     tune.add_argument("--trials", type=int, default=20, help="trial budget")
     tune.add_argument("--timeout", type=float, help="time budget in seconds")
-    ablate = commands.add_parser("ablate", help="retrain with one component removed at a time")
+    ablate = commands.add_parser(
+        "ablate", formatter_class=ShowDefaults, help="retrain with one component removed at a time"
+    )
     _training_flags(ablate)
-    o = commands.add_parser("onnx", help="export your own nn.Module")
+    o = commands.add_parser("onnx", formatter_class=ShowDefaults, help="export your own nn.Module")
     o.add_argument(
         "--module", required=True, help="package.module:name (instance, class or factory)"
     )
@@ -255,11 +286,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--input-shape", type=int, nargs="+", required=True, help="one input, without batch"
     )
     o.add_argument("--weights", type=Path, help="a state_dict saved with torch.save")
-    o.add_argument("--out", type=Path, default=Path("models"))
-    o.add_argument("--name", required=True)
-    o.add_argument("--output-name", default="output")
+    o.add_argument("--out", type=Path, default=Path("models"), help="model repository")
+    o.add_argument("--name", required=True, help="model name (its folder)")
+    o.add_argument("--output-name", default="output", help="the ONNX output's name")
     o.add_argument("--fp16", action="store_true", help="also write <name>_fp16 for GPUs")
-    q = commands.add_parser("quantize", help="INT8 copy of an entry written by train")
+    q = commands.add_parser(
+        "quantize", formatter_class=ShowDefaults, help="INT8 copy of an entry written by train"
+    )
     q.add_argument("--model", type=Path, required=True, help="e.g. models/digits")
     return parser
 

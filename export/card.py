@@ -49,6 +49,8 @@ class ModelCard(TypedDict):
     search: NotRequired[dict[str, Any]]
     ablation: NotRequired[list[dict[str, Any]]]
     int8: NotRequired[dict[str, Any]]
+    chance: NotRequired[dict[str, Any]]  # validation accuracy against guessing
+    weak: NotRequired[str]  # present when that is no better than guessing
 
 
 def read_card(entry: Path) -> ModelCard:
@@ -80,11 +82,21 @@ def write_card(entry: Path, card: ModelCard) -> None:
 
 def _training(card: ModelCard) -> list[str]:
     train = card["train"]
-    return [
+    lines = [
         f"- Training: {train['epochs_run']} epochs, best epoch {train['best_epoch']} "
         f"(validation loss {train['best_val_loss']:.4f}), early stopped: "
-        f"{train['stopped_early']}"
+        f"{train['stopped_early']}, batch size {card['training']['batch_size']}"
     ]
+    chance = card.get("chance")
+    if chance is not None:
+        lines.append(
+            f"- Validation accuracy {chance['accuracy']:.4f} ({chance['correct']}/"
+            f"{chance['samples']}) against {chance['chance']:.4f} for guessing the most "
+            f"frequent class (binomial p = {chance['p_value']:.3g})"
+        )
+    if "weak" in card:
+        lines += ["", f"**{card['weak']}**"]
+    return lines
 
 
 def _layers(card: ModelCard) -> list[str]:

@@ -8,6 +8,7 @@ for the final metrics, the ONNX parity check and the qualitative grid.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -42,6 +43,7 @@ from export.data import (
     normalized,
     stratified_split,
 )
+from export.learning_check import check_against_chance
 from export.onnx_export import Parity, check_parity, parity_dict, write_repository_entry
 from export.report import plot_confusion, plot_curves, plot_examples
 from export.train import Metrics as Evaluation
@@ -230,6 +232,11 @@ def finish(
         else []
     )
     card = _card(name, prepared, trained, test, parity, [*images, *more_plots])
+    check = check_against_chance(result.val_accuracy, prepared.split.val_y.tolist())
+    card["chance"] = {**asdict(check), "weak": check.weak}
+    if check.weak:  # loud on stderr and in the card; the caller decides the exit status
+        card["weak"] = check.warning(trained.config.batch_size, len(prepared.split.train_y))
+        print(f"cnnserve export: {card['weak']}", file=sys.stderr)
     if search is not None:
         card["search"] = search
     write_card(out / name, card)

@@ -12,8 +12,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from service.cli_hints import ShowDefaults
 from service.errors import CnnserveError
 from service.eventloop import loop_factory
+from service.heap import limit_malloc_arenas
 from service.settings import (
     ENV_PREFIX,
     SERVE_OPTIONS,
@@ -49,8 +51,12 @@ def _client_security_flags(parser: argparse.ArgumentParser) -> None:
         default=_path_env("CA_CERT"),
         help="use TLS, trusting this PEM CA (env CNNSERVE_CA_CERT)",
     )
-    parser.add_argument("--client-cert", type=Path, default=_path_env("CLIENT_CERT"))
-    parser.add_argument("--client-key", type=Path, default=_path_env("CLIENT_KEY"))
+    parser.add_argument(
+        "--client-cert", type=Path, default=_path_env("CLIENT_CERT"), help="PEM, for mutual TLS"
+    )
+    parser.add_argument(
+        "--client-key", type=Path, default=_path_env("CLIENT_KEY"), help="PEM, for mutual TLS"
+    )
 
 
 def _client_security(args: argparse.Namespace) -> ClientSecurity:
@@ -126,16 +132,20 @@ def _serve_flags(serve: argparse.ArgumentParser) -> None:
 
 def _client_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     infer = commands.add_parser(
-        "infer", help="classify image files with a running server (sent as they are)"
+        "infer",
+        help="classify image files with a running server (sent as they are)",
+        formatter_class=ShowDefaults,
     )
     infer.add_argument("images", nargs="+", type=Path, help="PNG or JPEG files")
-    infer.add_argument("--model", required=True)
+    infer.add_argument("--model", required=True, help="model name")
     infer.add_argument("--url", default=_env("URL", "127.0.0.1:8001"), help="host:port")
-    infer.add_argument("--top-k", type=int, default=3)
+    infer.add_argument("--top-k", type=int, default=3, help="classes printed per image")
     infer.add_argument("--timeout", type=float, default=30.0, help="seconds")
     _client_security_flags(infer)
     health = commands.add_parser(
-        "health", help="gRPC health check (exit 0 when SERVING): for container HEALTHCHECKs"
+        "health",
+        help="gRPC health check (exit 0 when SERVING): for container HEALTHCHECKs",
+        formatter_class=ShowDefaults,
     )
     health.add_argument("--url", default=_env("URL", "127.0.0.1:8001"), help="host:port")
     health.add_argument("--service", default="", help='"" = the server, or a model name')
@@ -146,12 +156,13 @@ def _client_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser
 def _profile_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     profile = commands.add_parser(
         "profile",
+        formatter_class=ShowDefaults,
         help="measure served settings of one model and write the best config.yaml",
         description="Sweeps instances x max_batch_size x max_queue_delay_us on a scratch "
         "server (or measures --url as it is) with a closed-loop load; writes config.yaml, "
         "profile.md and profile.png to --out. Ctrl-C leaves the partial table.",
     )
-    profile.add_argument("--model", required=True)
+    profile.add_argument("--model", required=True, help="model name")
     where = profile.add_mutually_exclusive_group(required=True)
     where.add_argument("--model-repository", type=Path, help="profile on a scratch server")
     where.add_argument("--url", help="host:port of a running server: measure it as it is")
@@ -159,8 +170,8 @@ def _profile_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
     profile.add_argument("--latency-budget-ms", type=float, default=None, help="p99 bound")
     profile.add_argument("--seconds", type=float, default=3.0, help="per concurrency level")
     profile.add_argument("--instances", default=None, help="default: 1 and the core count")
-    profile.add_argument("--max-batch-sizes", default="1,8,32")
-    profile.add_argument("--queue-delays-us", default="0,1000")
+    profile.add_argument("--max-batch-sizes", default="1,8,32", help="settings swept")
+    profile.add_argument("--queue-delays-us", default="0,1000", help="settings swept")
     profile.add_argument("--out", type=Path, default=Path("profile"), help="output folder")
     profile.add_argument("--time-limit", type=float, default=600.0, help="seconds, at most")
 
@@ -200,13 +211,16 @@ def build_parser() -> argparse.ArgumentParser:
     """Raises SettingError for a CNNSERVE_* variable that does not parse."""
     parser = argparse.ArgumentParser(prog="cnnserve", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="serve a model repository over KServe v2 gRPC")
+    serve = commands.add_parser(
+        "serve", help="serve a model repository over KServe v2 gRPC and REST"
+    )
     _serve_flags(serve)
     _client_parsers(commands)
     _profile_parser(commands)
     commands.add_parser(
         "export",
-        help="train and export models (needs the export extra: pip install 'cnnserve[export]')",
+        help="train and export models (needs the export extra: make export-deps in a "
+        "checkout, pip install 'cnnserve[export]' elsewhere)",
         add_help=False,
     )
     return parser
@@ -244,13 +258,32 @@ async def _serve(settings: ServerSettings, make_scheduler: SchedulerFactory | No
         served = entry.served
         detail = f" version {served.version} on {served.runner.provider}" if served else ""
         print(f"  model {entry.name}: {state}{detail}", flush=True)
-    print(
-        f"  try: cnnserve infer --url {server.address} --model <name> image.png\n"
-        f'       python -c "import tritonclient.grpc as g; '
-        f"print(g.InferenceServerClient('{server.address}').get_server_metadata())\"",
-        flush=True,
-    )
+    print(_try_hint(server), flush=True)
     return await serve_until_signalled(server)
+
+
+def _try_hint(server: CnnserveServer) -> str:
+    """Commands that work as printed (README "First requests" runs the same ones)."""
+    from service.cli_hints import command, has_module, install_hint
+
+    ready = [entry.name for entry in server.repository.entries() if entry.served is not None]
+    model = ready[0] if ready else "<model>"
+    python = command("python")
+    lines = [
+        f"  try: {command('cnnserve')} health --url {server.address}",
+        f"       {command('cnnserve')} infer --url {server.address} --model {model} image.png",
+    ]
+    client = (
+        f'       {python} -c "import tritonclient.grpc as g; '
+        f"print(g.InferenceServerClient('{server.address}').get_server_metadata())\""
+    )
+    if has_module("tritonclient"):
+        lines.append(client)
+    else:
+        lines.append(
+            f"       tritonclient (Triton's Python client): {install_hint('client', 'client')}"
+        )
+    return "\n".join(lines)
 
 
 async def serve_until_signalled(server: CnnserveServer) -> bool:
@@ -286,9 +319,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             from export.__main__ import main as export_main
         except ImportError as exc:
+            from service.cli_hints import install_hint
+
             print(
                 f"cnnserve export needs the export extra ({exc.name} is missing): "
-                "pip install 'cnnserve[export]'",
+                f"{install_hint('export', 'export-deps')}",
                 file=sys.stderr,
             )
             return 2
@@ -304,6 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.command == "serve":
         settings = serve_settings(args)
+        limit_malloc_arenas()  # before any thread: a reload leaves memory where it was
         try:
             with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
                 drained = runner.run(_serve(settings))

@@ -133,7 +133,7 @@ class CnnserveServer:
         except OSError as exc:
             raise OSError(
                 f"cannot serve HTTP on {settings.host}:{settings.http_port}: {exc} "
-                "(use --http-port or --no-http)"
+                '(use --http-port or --no-http; from a checkout: make run ARGS="--http-port 0")'
             ) from exc
 
     @property
@@ -184,7 +184,8 @@ class CnnserveServer:
                 await server.stop(None)
                 raise OSError(
                     f"cannot serve metrics on {self.settings.host}:{self.settings.metrics_port}: "
-                    f"{exc} (use --metrics-port or --no-metrics)"
+                    f"{exc} (use --metrics-port or --no-metrics; from a checkout: "
+                    'make run ARGS="--metrics-port 0")'
                 ) from exc
             self._metrics_http, self._metrics_thread = http, thread
             self.metrics_port = http.server_port

@@ -148,21 +148,24 @@ def test_export_without_torch_says_which_extra() -> None:
         [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True
     )
     assert result.returncode == 2
-    assert "pip install 'cnnserve[export]'" in result.stderr
+    assert "make export-deps" in result.stderr  # a checkout: the make target, not PyPI
 
 
-def test_busy_metrics_port_is_a_clear_error() -> None:
+@pytest.mark.parametrize(("flag", "what"), [("--metrics-port", "metrics"), ("--http-port", "HTTP")])
+def test_a_busy_port_is_a_clear_error_with_the_make_run_form(flag: str, what: str) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
+        others = ["--metrics-port", "0"] if flag == "--http-port" else ["--http-port", "0"]
         result = subprocess.run(
             [sys.executable, "-m", "service", "serve", "--model-repository", str(EXAMPLE_MODELS),
-             "--port", "0", "--metrics-port", str(port)],
+             "--port", "0", *others, flag, str(port)],
             cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
         )  # fmt: skip
     assert result.returncode == 1
-    assert f"cannot serve metrics on 127.0.0.1:{port}" in result.stderr
+    assert f"cannot serve {what} on 127.0.0.1:{port}" in result.stderr
+    assert f'make run ARGS="{flag} 0"' in result.stderr
     assert "Traceback" not in result.stderr
 
 
@@ -193,3 +196,40 @@ def test_unreadable_tls_files_are_a_clear_error(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "cannot read the TLS key" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def cli_help(*command: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "service", *command, "--help"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return " ".join(result.stdout.split())
+
+
+def test_serve_help_lists_every_variable_and_both_protocols() -> None:
+    text = cli_help("serve")
+    for variable in ("CNNSERVE_PORT", "CNNSERVE_HTTP_PORT", "CNNSERVE_MODEL_REPOSITORY"):
+        assert variable in text
+    top = " ".join(
+        subprocess.run(
+            [sys.executable, "-m", "service", "--help"],
+            cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+        ).stdout.split()
+    )  # fmt: skip
+    assert "KServe v2 gRPC and REST" in top
+
+
+@pytest.mark.parametrize(
+    ("command", "shown"),
+    [
+        (("infer",), ["host:port (default: 127.0.0.1:8001)", "(default: 3)", "(default: 30.0)"]),
+        (("health",), ["(default: 127.0.0.1:8001)", "seconds (default: 3.0)"]),
+        (("export", "train"), ["at most (default: 100)", "default: auto", "(default: 20)"]),
+        (("export", "onnx"), ["model repository (default: models)"]),
+    ],
+)
+def test_help_shows_the_defaults(command: tuple[str, ...], shown: list[str]) -> None:
+    text = cli_help(*command)
+    for fragment in shown:
+        assert fragment in text
