@@ -1,15 +1,17 @@
-"""`python -m bench.ab REV [--model digits|midcnn] [--concurrency 32] [--batching on]
+"""`python -m bench.ab REV [--model digits|midcnn|resnet18] [--concurrency 32] [--batching on]
 [--rounds 6]`: this checkout against commit REV, interleaved: the before/after of a change
 on a machine whose speed drifts (each round starts a fresh server of each, alternating
 which goes first; the medians are compared). REV is checked out into a temporary git
 worktree. `digits`: the example repository (12 KB-ish uint8 requests, compute-free);
-`midcnn`: the mid-size CNN of bench/midcnn.py, config-less (110 KB FP32 requests).
+`midcnn`: the mid-size CNN of bench/midcnn.py, config-less (110 KB FP32 requests);
+`resnet18`: the peers' ResNet-18 (bench/peer_models.py), config-less (588 KB FP32).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import signal
 import statistics
 import subprocess
@@ -21,7 +23,8 @@ import onnx
 
 from bench.loadgen import infer_request_bytes, run_level
 from bench.midcnn import INPUT_SHAPE, midcnn
-from bench.run import ROOT
+from bench.peer_models import resnet18_onnx
+from bench.run import OUT, ROOT
 
 
 def start(cwd: Path, repository: Path, batching: str) -> tuple[subprocess.Popen[str], str]:
@@ -41,8 +44,11 @@ def workload(model: str, folder: Path) -> tuple[Path, bytes]:
     """The repository to serve and the request to send."""
     if model == "digits":
         return ROOT / "models", infer_request_bytes("digits", "image", (1, 8, 8, 1), "UINT8")
-    path = folder / "repository" / "midcnn" / "1" / "model.onnx"
+    path = folder / "repository" / model / "1" / "model.onnx"
     path.parent.mkdir(parents=True)
+    if model == "resnet18":  # the peers' ResNet-18, config-less
+        shutil.copy(resnet18_onnx(OUT / "peer_models"), path)
+        return folder / "repository", infer_request_bytes(model, "input", (1, 3, 224, 224))
     onnx.save(midcnn(), str(path))
     return folder / "repository", infer_request_bytes("midcnn", "x", (1, *INPUT_SHAPE))
 
@@ -74,7 +80,7 @@ def compare(
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("rev")
-    parser.add_argument("--model", choices=("digits", "midcnn"), default="digits")
+    parser.add_argument("--model", choices=("digits", "midcnn", "resnet18"), default="digits")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--batching", choices=("on", "off"), default="on")
     parser.add_argument("--rounds", type=int, default=6)

@@ -21,11 +21,24 @@ The search, in-process with onnxruntime only (no serving overhead):
   after one untimed run for the shape's allocations).
 The winner is the split with the most rows per second at its batch size; ties go to
 fewer instances. The runners of the winner are kept and served; the others are closed.
+
+Throughput is not the whole answer: the winner is chosen for a deep queue, and on a quiet
+service one batch runs on one of its instances, with that instance's share of the cores
+(measured: ResNet-18 at batch 1, 40 ms on 2 x 1 thread against 23 ms on 1 x 2). So each
+split's batch-1 latency is timed too (one run at a time, the median), and when a split with
+more threads per run answers a lone batch at least SOLO_GAIN faster than the winner's
+instances do (and by SOLO_MIN_GAIN_S), one session of that split is kept as well: the solo
+instance. The batcher
+runs a batch on it when that batch is all the work there is and every other instance is
+idle, and never beside them (service/batcher.py), so the cores are never oversubscribed.
+Its cost is one more session (a second copy of the weights, and an arena as large as the
+batches it ran), never more than one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import statistics
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -45,6 +58,14 @@ MAX_LOSS = 0.2  # a larger batch within 20 % of the best rows/s is kept (see abo
 # A trial ends after its share of the budget or this many timed runs per instance,
 # whichever comes first: a small model is measured in milliseconds, not in its budget.
 RUNS_ENOUGH = 30
+# A solo instance is kept when it answers a lone batch at least this much faster than the
+# winner's instances: below that, a session's memory buys less than the noise of a trial.
+SOLO_GAIN = 1.1
+# ... and by at least this much: a served request costs 0.5-1 ms here before any compute,
+# so a smaller gain (a compute-free model's microseconds) is noise a client never sees. Not
+# higher: the mid-size CNN's 2-thread run gains 0.16-0.22 ms (0.53 against 0.73 ms), and
+# served that was 1.69 against 1.88-1.92 ms at c=1 (bench/README.md "Both ends").
+SOLO_MIN_GAIN_S = 50e-6
 
 
 class ClosableRunner(Runner, Protocol):
@@ -63,6 +84,14 @@ class Trial:
 
 
 @dataclass(frozen=True)
+class Latency:
+    """A split's batch-1 run, one at a time: what a lone client waits for its compute."""
+
+    threads: int
+    batch1_s: float  # the median run
+
+
+@dataclass(frozen=True)
 class Tuning:
     """What the timing chose, and the measurements it chose from."""
 
@@ -72,13 +101,47 @@ class Tuning:
     rows_per_s: float
     trials: tuple[Trial, ...]
     seconds: float
+    latencies: tuple[Latency, ...] = ()
+    solo_threads: int | None = None  # a solo instance with this many threads is served too
+
+    def batch1_s(self, threads: int) -> float | None:
+        return next((t.batch1_s for t in self.latencies if t.threads == threads), None)
+
+    @property
+    def low_load_batch1_s(self) -> float | None:
+        """What a lone batch-1 request computes for, as served."""
+        return self.batch1_s(self.solo_threads or self.threads)
 
     def summary(self) -> str:
-        return (
+        text = (
             f"{self.instances} instance(s) x {self.threads} thread(s), max_batch_size "
-            f"{self.max_batch_size}: {self.rows_per_s:,.0f} rows/s in-process (best of "
-            f"{len(self.trials)} trials in {self.seconds:.1f} s)"
+            f"{self.max_batch_size}: {self.rows_per_s:,.0f} rows/s in-process"
         )
+        deep = self.batch1_s(self.threads)
+        if self.solo_threads is not None and deep is not None:
+            solo = self.batch1_s(self.solo_threads) or 0.0
+            text += (
+                f"; a lone batch runs on a solo instance of {self.solo_threads} threads "
+                f"(batch 1: {1e3 * solo:.3g} ms, against {1e3 * deep:.3g} ms on one of "
+                f"the {self.instances})"
+            )
+        elif deep is not None:
+            text += f"; batch 1 alone: {1e3 * deep:.3g} ms"
+        return text + f" (best of {len(self.trials)} trials in {self.seconds:.1f} s)"
+
+
+def solo_choice(latencies: Sequence[Latency], winner_threads: int) -> int | None:
+    """The thread count of the solo instance to keep beside the winner, or None: the split
+    with the fastest lone batch, when it beats the winner's own by SOLO_GAIN."""
+    deep = next((t.batch1_s for t in latencies if t.threads == winner_threads), None)
+    if deep is None or not latencies:
+        return None
+    fastest = min(latencies, key=lambda t: t.batch1_s)
+    if fastest.threads == winner_threads or deep < fastest.batch1_s * SOLO_GAIN:
+        return None
+    if deep - fastest.batch1_s < SOLO_MIN_GAIN_S:
+        return None
+    return fastest.threads
 
 
 def core_splits(cores: int) -> list[tuple[int, int]]:
@@ -122,30 +185,41 @@ class Search(Generic[R]):
         self._limit = max(1, batch_limit)
         # A stated max_batch_size is kept: only the splits are compared, at that size.
         self._sizes = [self._limit] if batch_stated else batch_sizes(self._limit)
-        self._slice_s = budget_s / (len(self._splits) * len(self._sizes))
+        # One share per trial: each batch size of each split, and each split's lone batch.
+        self._slice_s = budget_s / (len(self._splits) * (len(self._sizes) + 1))
 
     def run(self) -> tuple[Tuning, list[R]]:
+        """The choice, and the runners that serve it: the winner's instances, then the
+        solo instance when `Tuning.solo_threads` is set."""
         started = time.monotonic()
         trials: list[Trial] = []
+        latencies: list[Latency] = []
         best: tuple[Trial, list[R]] | None = None
-        for instances, threads in self._splits:
-            runners: list[R] = []
-            try:
-                runners.extend(self._make_runner(threads) for _ in range(instances))
+        fastest: tuple[Latency, R] | None = None  # the split with the fastest lone batch
+        open_runners: list[R] = []
+        try:
+            for instances, threads in self._splits:
+                runners = [self._make_runner(threads) for _ in range(instances)]
+                open_runners.extend(runners)
                 trial = self._best_batch(runners, instances, threads, trials)
-            except BaseException:
-                _close(runners)
-                if best is not None:
-                    _close(best[1])
-                raise
-            if best is None or trial.rows_per_s > best[0].rows_per_s:
-                if best is not None:
-                    _close(best[1])
-                best = (trial, runners)
-            else:
-                _close(runners)
-        assert best is not None
-        winner, runners = best
+                latency = Latency(threads, self._batch1_s(runners[0]))
+                latencies.append(latency)
+                if best is None or trial.rows_per_s > best[0].rows_per_s:
+                    best = (trial, runners)
+                if fastest is None or latency.batch1_s < fastest[0].batch1_s:
+                    fastest = (latency, runners[0])
+                keep = [*best[1], fastest[1]]  # at most one split's sessions and one more
+                _close([r for r in open_runners if not _within(r, keep)])
+                open_runners = [r for r in open_runners if _within(r, keep)]
+        except BaseException:
+            _close(open_runners)
+            raise
+        assert best is not None and fastest is not None
+        winner, served = best
+        solo_threads = solo_choice(latencies, winner.threads)
+        if solo_threads is not None:
+            served = [*served, fastest[1]]
+        _close([r for r in open_runners if not _within(r, served)])
         tuning = Tuning(
             instances=winner.instances,
             threads=winner.threads,
@@ -153,8 +227,28 @@ class Search(Generic[R]):
             rows_per_s=winner.rows_per_s,
             trials=tuple(trials),
             seconds=time.monotonic() - started,
+            latencies=tuple(latencies),
+            solo_threads=solo_threads,
         )
-        return tuning, runners
+        return tuning, served
+
+    def _batch1_s(self, runner: R) -> float:
+        """The median of batch-1 runs, one at a time, within one trial's share of the budget
+        (at least one run; the throughput trials already warmed the shape)."""
+        feeds = self._make_feeds(1)
+        runs: list[float] = []
+        end = time.monotonic() + self._slice_s
+        while not runs or (len(runs) < RUNS_ENOUGH and time.monotonic() < end):
+            began = time.monotonic()
+            try:
+                runner.run(feeds, self._output_names)
+            except Exception as exc:
+                raise ModelLoadError(
+                    f"model '{self._model}': failed while being timed for instances: auto "
+                    f"(batch 1 alone): {exc}"
+                ) from exc
+            runs.append(time.monotonic() - began)
+        return statistics.median(runs)
 
     def _best_batch(
         self, runners: list[R], instances: int, threads: int, trials: list[Trial]
@@ -213,3 +307,8 @@ class Search(Generic[R]):
 def _close(runners: Sequence[ClosableRunner]) -> None:
     for runner in runners:
         runner.close()
+
+
+def _within(runner: object, runners: Sequence[object]) -> bool:
+    """By identity: runners need not define equality."""
+    return any(runner is other for other in runners)

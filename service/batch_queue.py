@@ -33,6 +33,10 @@ class BatchPolicy:
     max_queue_delay_s: float = 0.0
     preferred_batch_sizes: tuple[int, ...] = ()
     merge: bool = True  # False: each request runs alone, as sent (unbatched models)
+    # The last runner is a solo instance (every core in one session; autotune.py): it runs
+    # a batch that is all the queued work while every instance is idle, and never beside
+    # the others.
+    solo_instance: bool = False
 
 
 class BatchRecord(NamedTuple):
@@ -186,6 +190,13 @@ class RequestQueue:
         if not self._queue:
             return 0
         return self._rows_by_shape.get(self._queue[0].shape, 0)
+
+    def is_one_batch(self, policy: BatchPolicy) -> bool:
+        """Every queued row fits in the next batch: one shape, at most max_batch_size rows
+        (unbatched models: one request)."""
+        if not policy.merge:
+            return len(self._queue) == 1
+        return 0 < self.rows <= policy.max_batch_size and self.head_shape_rows == self.rows
 
     def append(self, pending: PendingRequest) -> None:
         self._queue.append(pending)

@@ -63,6 +63,9 @@ log = logging.getLogger(__name__)
 
 # "Under load": an instance finished a batch this recently (see _hold_one_turn).
 HOLD_AFTER_BUSY_S = 0.001
+# Weight of the newest batch in the recent rows-per-batch average (see _free_instance):
+# after a burst it falls below 2 within about five lone batches.
+RECENT_ROWS_WEIGHT = 0.5
 
 
 class DynamicBatcher:
@@ -84,6 +87,8 @@ class DynamicBatcher:
         self._runners = list(runners)
         self._instances: list[InstanceThread] = []
         self._idle: list[InstanceThread] = []
+        self._solo: InstanceThread | None = None  # see _free_instance
+        self._recent_rows = 1.0  # rows per dispatched batch, recent average
         self._observer = observer
         self._inline_below_s = inline_below_s  # see service/instances.py
         self._queue = RequestQueue(on_expired=lambda: self._reject(DEADLINE))
@@ -118,6 +123,8 @@ class DynamicBatcher:
         for instance in self._instances:
             instance.start()
         self._idle = list(self._instances)
+        solo = self.policy.solo_instance and len(self._instances) > 1
+        self._solo = self._instances[-1] if solo else None
         self._started = True
 
     async def aclose(self) -> None:
@@ -131,7 +138,7 @@ class DynamicBatcher:
             self._delay.cancel()
         for instance in self._instances:
             await asyncio.to_thread(instance.stop)
-        self._instances, self._idle = [], []
+        self._instances, self._idle, self._solo = [], [], None
 
     # -- introspection (metrics, tests) ------------------------------------------------
 
@@ -306,7 +313,7 @@ class DynamicBatcher:
     def _launch(self) -> None:
         """Hand batches to idle instances while there are both."""
         assert self._loop is not None
-        while self._queue and self._idle:
+        while self._queue and (instance := self._free_instance()) is not None:
             now = self._loop.time()
             wait = self._should_wait_for_more(now)
             if wait > 0:
@@ -316,7 +323,32 @@ class DynamicBatcher:
             batch = self._form_batch(now)
             if not batch:
                 continue  # only expired or cancelled requests were at the head
-            self._execution.run(self._idle.pop(), batch, now)
+            self._idle.remove(instance)
+            rows = sum(part.rows for part in batch)
+            self._recent_rows += RECENT_ROWS_WEIGHT * (rows - self._recent_rows)
+            self._execution.run(instance, batch, now)
+
+    def _free_instance(self) -> InstanceThread | None:
+        """The instance for the next batch (the one freed last), or None. With a solo
+        instance (every core in one session, kept by instances: auto for a quiet service):
+        it takes the batch when the service is quiet, so a lone client is answered at the
+        speed of all the cores; otherwise the others take the batches. Quiet: every
+        instance idle, the queue one batch, and recent batches smaller than the number of
+        other instances (they could not all be kept busy). Without that last test, at c=32
+        the first request back after a batch took the solo instance alone and the burst
+        behind it waited. Solo and the others never run at once: each holds every core."""
+        idle, solo = self._idle, self._solo
+        if solo is None or not idle:
+            return idle[-1] if idle else None
+        if solo not in idle:
+            return None
+        others = len(self._instances) - 1
+        quiet = len(idle) == len(self._instances) and self._recent_rows < others
+        if quiet and self._queue.is_one_batch(self.policy):
+            return solo
+        if len(idle) == 1:  # only the solo instance is idle: the others are running
+            return None
+        return idle[-1] if idle[-1] is not solo else idle[-2]
 
     def _delay_over(self) -> None:
         self._delay = None

@@ -71,6 +71,9 @@ class ModelConfig:
     provider_options: Mapping[str, str] = field(default_factory=dict)
     # Inputs that also accept BYTES: one encoded image per batch row (preprocessing).
     encoded_inputs: tuple[str, ...] = ()
+    # instances: auto kept one more session, with every core, for a lone batch: the last
+    # runner (service/autotune.py "solo instance"); `instances` does not count it.
+    solo_instance: bool = False
 
     @property
     def batched(self) -> bool:

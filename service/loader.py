@@ -56,6 +56,7 @@ def batch_policy(config: ModelConfig, *, batching: bool = True) -> BatchPolicy:
         max_queue_delay_s=batching_config.max_queue_delay_us / 1e6,
         preferred_batch_sizes=batching_config.preferred_batch_sizes,
         merge=merge,
+        solo_instance=config.solo_instance,
     )
 
 
@@ -229,7 +230,9 @@ class VersionLoader:
         finally:
             for runner in spare:  # built and never asked for
                 runner.close()
-        chosen = replace(config, instances=tuning.instances)
+        chosen = replace(
+            config, instances=tuning.instances, solo_instance=tuning.solo_threads is not None
+        )
         if overrides.max_batch_size is None and config.batched:
             chosen = replace(chosen, max_batch_size=tuning.max_batch_size)
         return chosen, runners, tuning
@@ -270,17 +273,19 @@ def _log_loaded(
             decode.kind,
             decode.chosen_by,
         )
+    solo = f" + a solo instance x {runners[-1].intra_op_threads}" if config.solo_instance else ""
     log.info(
         "model %s version %d: provider %s (available %s), io binding %s, "
-        "%d instance(s) x %d threads, max_batch_size %d, warmed at %s, inputs %s, "
+        "%d instance(s) x %d threads%s, max_batch_size %d, warmed at %s, inputs %s, "
         "preprocessing %s",
         config.name,
         version,
         first.provider,
         first.providers,
         first.io_binding,
-        len(runners),
+        len(runners) - config.solo_instance,
         first.intra_op_threads,
+        solo,
         config.max_batch_size,
         list(warmed),
         [(s.name, s.datatype, config.full_shape(s)) for s in config.inputs],

@@ -67,6 +67,7 @@ class Level:
     rate: float  # answered requests per second
     p99_ms: float
     errors: int
+    p50_ms: float = float("inf")  # at c=1: what a lone client waits
 
 
 @dataclass(frozen=True)
@@ -142,15 +143,21 @@ async def closed_loop(
         elapsed = time.perf_counter() - began
         stop = True
         await asyncio.gather(*tasks)
-    p99 = float(np.percentile(latencies, 99)) * 1e3 if latencies else float("inf")
-    return Level(concurrency, len(latencies) / elapsed, p99, errors)
+    p50, p99 = (
+        (float(np.percentile(latencies, q)) * 1e3 for q in (50, 99))
+        if latencies
+        else (float("inf"), float("inf"))
+    )
+    return Level(concurrency, len(latencies) / elapsed, p99, errors, p50)
 
 
 def table(rows: Sequence[Row], concurrency: Sequence[int]) -> str:
-    header = " | ".join(f"c={c}: req/s, p99 ms" for c in concurrency)
+    header = " | ".join(f"c={c}: req/s, p50 / p99 ms" for c in concurrency)
     lines = [f"| setting | {header} |", "|---|" + "---|" * len(concurrency)]
     for row in rows:
-        cells = " | ".join(f"{lv.rate:,.0f}, {lv.p99_ms:.1f}" for lv in row.levels)
+        cells = " | ".join(
+            f"{lv.rate:,.0f}, {lv.p50_ms:.1f} / {lv.p99_ms:.1f}" for lv in row.levels
+        )
         name = row.setting.label if row.setting else "as configured"
         lines.append(f"| {name} | {cells} |")
     return "\n".join(lines) + "\n"

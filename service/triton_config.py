@@ -41,7 +41,7 @@ def model_config_message(model: ServedModel) -> mc.ModelConfig:
     gpu = model.runner.device_label == "cuda"
     message.instance_group.add(
         name=f"{config.name}_0",
-        count=len(model.runners),
+        count=len(model.runners) - config.solo_instance,  # the solo instance is not a group
         kind=mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU,
     )
     if config.batched:
@@ -104,12 +104,20 @@ def metadata_parameters(model: ServedModel) -> dict[str, ParamValue]:
         "execution_provider": model.runner.provider,
         "device": model.runner.device_label,
         "max_batch_size": model.config.max_batch_size,
-        "instances": len(model.runners),
+        "instances": len(model.runners) - model.config.solo_instance,
         "intra_op_threads": model.runner.intra_op_threads,
         # instances: auto: what the timing at load chose and from what (or why it did not
         # time); else the config.
         "instances_chosen_by": model.instances_chosen_by,
     }
+    if model.config.solo_instance:  # the session a lone batch runs on, with every core
+        parameters["solo_instance_threads"] = model.runners[-1].intra_op_threads
+    tuning = model.tuning
+    if tuning is not None:  # both ends of the load, as timed in-process at load
+        parameters["autotune_rows_per_s"] = round(tuning.rows_per_s, 1)
+        low_load = tuning.low_load_batch1_s
+        if low_load is not None:
+            parameters["autotune_batch1_ms"] = round(1e3 * low_load, 3)
     if model.decode is not None:  # encoded images: decoded on the cpu or the gpu, and why
         parameters["decode"] = model.decode.kind
         parameters["decode_chosen_by"] = model.decode.chosen_by

@@ -39,6 +39,7 @@ def test_profile_writes_a_config_that_loads(tmp_path: Path) -> None:
     assert "[2/2]" in done.stdout and "best: instances 1" in done.stdout
     table = (out / "profile.md").read_text()
     assert "max_batch_size 1" in table and "max_batch_size 4" in table and "c=2" in table
+    assert "c=1: req/s, p50 / p99 ms" in table  # a lone client's wait beside throughput
     assert (out / "profile.png").stat().st_size > 0
     written = yaml.safe_load((out / "config.yaml").read_text())
     assert written["instances"] == 1 and written["max_batch_size"] in (1, 4)

@@ -3,13 +3,14 @@ with fake runners whose speed is set by the test, so the choice is known in adva
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
 import pytest
 
-from service.autotune import Search, batch_sizes, core_splits
+from service.autotune import Latency, Search, batch_sizes, core_splits, solo_choice
 from service.errors import ModelLoadError
 from service.scheduler import Feeds
 
@@ -83,7 +84,8 @@ def test_a_stated_batch_size_is_the_only_one_timed_and_kept() -> None:
     tuning, _ = Search("m", make, feeds, ["y"], cores=2, batch_limit=8, batch_stated=True,
                        budget_s=0.2).run()  # fmt: skip
     assert tuning.max_batch_size == 8
-    assert {b for r in runners for b in r.batches} == {8}
+    # throughput at the stated size only; batch 1 is the lone-batch latency timing
+    assert {b for r in runners for b in r.batches} == {8, 1}
     assert {t.batch for t in tuning.trials} == {8}
 
 
@@ -105,3 +107,52 @@ def test_a_budget_of_zero_is_refused() -> None:
     with pytest.raises(ValueError, match="budget must be > 0"):
         Search("m", CountingRunner, feeds, ["y"], cores=2, batch_limit=4, batch_stated=False,
                budget_s=0.0)  # fmt: skip
+
+
+class PricedRunner(CountingRunner):
+    """A run takes a known time: 10 ms a row on one thread, 1.6x faster on two (intra-op
+    threads do not scale perfectly). So 2 x 1 wins throughput (2 rows per 10 ms against
+    1.6) while 1 x 2 answers a lone row faster (6.25 ms against 10): the ResNet-18 case.
+    The gaps (1.25x, 1.6x) are far above a sleep's overshoot."""
+
+    def run(self, feeds: Feeds, output_names: Sequence[str]) -> list[npt.NDArray[np.generic]]:
+        batch = len(feeds["x"])
+        time.sleep(0.010 * batch / (1.6 if self.threads == 2 else 1.0))
+        return super().run(feeds, output_names)
+
+
+def test_a_faster_lone_batch_keeps_a_solo_instance_beside_the_winner() -> None:
+    made: list[PricedRunner] = []
+
+    def make(threads: int) -> PricedRunner:
+        made.append(PricedRunner(threads))
+        return made[-1]
+
+    search = Search("m", make, feeds, ["y"], cores=2, batch_limit=2, batch_stated=True,
+                    budget_s=0.6)  # fmt: skip
+    tuning, runners = search.run()
+    assert (tuning.instances, tuning.threads, tuning.solo_threads) == (2, 1, 2)
+    assert [r.threads for r in runners] == [1, 1, 2]  # the winner's, then the solo one
+    assert all(not r.closed for r in runners)
+    assert all(r.closed for r in made if not any(r is s for s in runners))
+    assert {t.threads for t in tuning.latencies} == {1, 2}
+    low = tuning.low_load_batch1_s
+    assert low is not None and low == tuning.batch1_s(2)
+    assert "solo instance of 2 threads" in tuning.summary()
+
+
+def test_solo_choice_needs_a_real_gain() -> None:
+    two_by_one, one_by_two = Latency(1, 0.040), Latency(2, 0.023)
+    assert solo_choice([one_by_two, two_by_one], winner_threads=1) == 2
+    assert solo_choice([one_by_two, two_by_one], winner_threads=2) is None  # it is the winner
+    assert solo_choice([Latency(2, 0.0100), Latency(1, 0.0105)], winner_threads=1) is None
+    # 1.5x faster, but 20 us: a compute-free model's noise, below what a request costs
+    assert solo_choice([Latency(2, 40e-6), Latency(1, 60e-6)], winner_threads=1) is None
+    assert solo_choice([], winner_threads=1) is None
+
+
+def test_counting_runners_never_get_a_solo_instance() -> None:
+    """Compute-free runs (microseconds) never clear the absolute floor."""
+    tuning, runners = Search("m", CountingRunner, feeds, ["y"], cores=2, batch_limit=4,
+                             batch_stated=False, budget_s=0.2).run()  # fmt: skip
+    assert tuning.solo_threads is None and len(runners) == tuning.instances
