@@ -3,7 +3,7 @@
 A mid-size CNN (bench/midcnn.py: five convolutions, ~66 M multiply-adds, FP32 input
 [3, 48, 192], 110 KB a request) is served three ways, in one run:
 - in-process: onnxruntime alone, the best of every split of the cores x batch size
-  (service/autotune.py's search with a generous budget): the physical limit;
+  (service/runtime/autotune.py's search with a generous budget): the physical limit;
 - config-less (`instances: auto`, the default): what a user gets by dropping the file in;
 - hand-picked: `instances: 2` and `max_batch_size: 8`, the setting found by hand before.
 Served figures: tritonclient.grpc.aio, batch-1 requests, closed loop at c=32, in this
@@ -26,9 +26,9 @@ import onnx
 from bench.midcnn import INPUT_SHAPE, midcnn
 from bench.overhead import Payload, Process, closed_loop
 from bench.run import OUT
-from service.autotune import Search
-from service.runtime import OnnxRunner, default_intra_op_threads
-from service.warmup import zero_feeds
+from service.runtime.autotune import Search
+from service.runtime.onnx_runner import OnnxRunner, default_intra_op_threads
+from service.runtime.warmup import zero_feeds
 
 IN_PROCESS_RATIO = 0.8
 HAND_PICKED = "instances: 2\nmax_batch_size: 8\n"
@@ -53,7 +53,7 @@ def build(root: Path) -> dict[str, Path]:
 
 def in_process_best(model: Path, budget_s: float) -> tuple[float, str]:
     """Rows/s of the best split x batch size, onnxruntime alone."""
-    from service.signature import infer_config
+    from service.configuration.signature import infer_config
 
     probe = OnnxRunner(model)
     config = infer_config("midcnn", probe.inputs(), probe.outputs())

@@ -7,7 +7,8 @@ Prints "floor listening on 127.0.0.1:PORT" and serves until SIGTERM.
 
 `--spin-us N` burns N us of the handler's thread CPU in Python per request and `--await`
 suspends the handler once (a future resolved by the next loop callback), as a batcher does:
-what Python work and a suspension cost once served (`python -m bench.floor_variants`).
+what Python work and a suspension cost once served
+(`python -m bench.investigations.floor_variants`).
 `--model-repository DIR` makes it the least a model server does (the "model floor"): read
 the first raw input and run the named model's onnxruntime session (DIR/<name>/1/model.onnx;
 one thread, no spinning) on it, per request, on the loop, answering the fixed response.

@@ -13,7 +13,7 @@ from collections import Counter
 import grpc
 from hypothesis import HealthCheck, given, settings
 
-from service.client import ClientError, health_check
+from service.cli.client import ClientError, health_check
 from service.v2 import grpc_service_pb2 as pb
 from tests.fuzzing import CLIENT_ERRORS, infer_requests, whole_messages
 from tests.serving import EXAMPLE_MODELS, spawn_server

@@ -31,7 +31,7 @@ import onnxruntime as ort
 from bench.loadgen import LevelResult, infer_request_bytes, run_level
 from bench.resnet50 import write_resnet50
 from bench.run import OUT, ROOT, ServerProcess, machine
-from service.runtime import CUDA, OnnxRunner
+from service.runtime.onnx_runner import CUDA, OnnxRunner
 
 BATCHES = (1, 2, 4, 8, 16, 32, 64)
 MODELS = (("resnet50_fp32", np.float32, "FP32"), ("resnet50_fp16", np.float16, "FP16"))
@@ -85,8 +85,9 @@ def main() -> int:
     if not args.skip_tests:
         tests = subprocess.run(
             [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-             "tests/unit/test_warmup_runtime.py", "tests/integration/test_io_binding.py",
-             "tests/unit/test_device_images.py"],
+             "tests/unit/runtime/test_warmup_runtime.py",
+             "tests/integration/runtime/test_io_binding.py",
+             "tests/unit/images/test_device_images.py"],
             cwd=ROOT, check=False,
         )  # fmt: skip
         if tests.returncode != 0:

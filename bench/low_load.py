@@ -28,7 +28,7 @@ from bench.loadgen import LevelResult, infer_request_bytes, run_level
 from bench.midcnn import INPUT_SHAPE, midcnn
 from bench.peer_models import resnet18_onnx
 from bench.run import OUT, ROOT
-from service.runtime import default_intra_op_threads
+from service.runtime.onnx_runner import default_intra_op_threads
 
 LEVELS = (1, 8, 32)
 LATENCY_RATIO = 1.1

@@ -15,7 +15,7 @@ photos/s >= 0.8x the in-process pipeline at c=32. Exits 1 when one fails.
 
 `--decode gpu` (issue 19, on a CUDA machine with onnxruntime-gpu and nvImageCodec; bench/gpu.sh
 runs it): the model is served with `decode: gpu` and the in-process pipeline decodes the same
-way (nvImageCodec + the resize graph into rows on the device, service/device_images.py), and
+way (nvImageCodec + the resize graph into rows on the device, service/images/device_decode.py), and
 the decoding table gains its row. `--model resnet50` takes the ResNet-50 written without torch
 (bench/resnet50.py) instead of bench.run's ResNet-18 (bench/out/repository, torch needed).
 Both pipelines run the served graph (preprocessing spliced in), fed uint8 pixels.
@@ -42,13 +42,13 @@ from bench.camera import SIZE, camera_photos, decode
 from bench.overhead import Process
 from bench.resnet50 import write_resnet50
 from bench.run import OUT
-from service.config import parse_model_overrides
-from service.device_images import DeviceImageDecoder
-from service.device_rows import DeviceRows
-from service.images import read_headers
-from service.loader import preprocessed_graph
-from service.preprocess import BoundPreprocess
-from service.runtime import CUDA, OnnxRunner, default_intra_op_threads
+from service.configuration.model_config import parse_model_overrides
+from service.images.decode import read_headers
+from service.images.device_decode import DeviceImageDecoder
+from service.images.preprocess import BoundPreprocess
+from service.runtime.device_rows import DeviceRows
+from service.runtime.onnx_runner import CUDA, OnnxRunner, default_intra_op_threads
+from service.serving.loader import preprocessed_graph
 
 RESNET18 = OUT / "repository" / "resnet18" / "1" / "model.onnx"
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -134,8 +134,8 @@ def decoding_table(photos: list[bytes], pipeline: Pipeline) -> tuple[float, floa
 
 def budget_check_us(photos: list[bytes]) -> float:
     """The decode budget's header pass over a request of 16 photos (nothing decoded)."""
-    from service.config import TensorSpec
-    from service.preprocess import bind, parse_preprocessing
+    from service.configuration.model_config import TensorSpec
+    from service.images.preprocess import bind, parse_preprocessing
 
     spec = parse_preprocessing("resnet18", {"mode": "normalize"})
     pre = bind("resnet18", spec, (TensorSpec("image", "FP32", (3, SIZE, SIZE)),), True)

@@ -50,7 +50,7 @@ import tritonclient.grpc as triton
 from bench.loadgen import LOOPBACK, METHOD, infer_request_bytes, run_level
 from bench.midcnn import DETECTOR_CONVOLUTIONS, DETECTOR_INPUT, detector
 from bench.run import OUT, ROOT, ServerProcess, build_repository
-from service.tensor_contents import serialize_bytes_tensor
+from service.tensors.tensor_contents import serialize_bytes_tensor
 from service.v2 import grpc_service_pb2 as pb
 from tests.nginx_fleet import running_fleet
 from tests.serving import free_port, model_parameters

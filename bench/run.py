@@ -3,7 +3,7 @@
 For the digits CNN (models/digits) and a ResNet-18 at 3x224x224 (random weights, generated
 here, never committed), in one run:
 1. in-process onnxruntime throughput at batch 1..64, with the very session settings the
-   server uses (service.runtime.OnnxRunner);
+   server uses (service.runtime.onnx_runner.OnnxRunner);
 2. cnnserve as a separate process on a loopback port, batching off then on, driven by
    bench/loadgen.py at concurrency 1, 8, 32 (batch-1 requests, closed loop);
 3. a table of images/s, p50/p99 and the ratios served / in-process best and on / off,
@@ -30,7 +30,7 @@ import numpy as np
 import onnxruntime as ort
 
 from bench.loadgen import LevelResult, infer_request_bytes, run_level
-from service.runtime import OnnxRunner
+from service.runtime.onnx_runner import OnnxRunner
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"

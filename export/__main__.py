@@ -43,7 +43,7 @@ from export.pipeline import (
 )
 from export.train import TrainConfig, train
 from export.tune import SearchError
-from service.cli_hints import ShowDefaults
+from service.cli.hints import ShowDefaults
 
 
 def _require_folder(out: Path) -> None:

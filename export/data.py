@@ -2,7 +2,7 @@
 
 Images are kept as uint8 pixels in NHWC, exactly as clients send them to the server; the
 normalization measured on the training split turns them into the model's float input with
-the same formula the server's preprocessing graph applies (service.preprocess).
+the same formula the server's preprocessing graph applies (service.images.preprocess).
 No torch here: tests import this module to rebuild the exact test split.
 """
 

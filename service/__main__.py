@@ -12,11 +12,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from service.cli_hints import ShowDefaults
-from service.errors import CnnserveError
-from service.eventloop import loop_factory
-from service.heap import limit_malloc_arenas
-from service.settings import (
+from service.cli.hints import ShowDefaults
+from service.configuration.settings import (
     ENV_PREFIX,
     SERVE_OPTIONS,
     ServerSettings,
@@ -26,11 +23,14 @@ from service.settings import (
     env_default,
     env_value,
 )
+from service.eventloop import loop_factory
+from service.runtime.heap import limit_malloc_arenas
+from service.tensors.errors import CnnserveError
 
 if TYPE_CHECKING:
-    from service.client import ClientSecurity
-    from service.loader import SchedulerFactory
+    from service.cli.client import ClientSecurity
     from service.server import CnnserveServer
+    from service.serving.loader import SchedulerFactory
 
 log = logging.getLogger("cnnserve")
 
@@ -60,7 +60,7 @@ def _client_security_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _client_security(args: argparse.Namespace) -> ClientSecurity:
-    from service.client import ClientSecurity
+    from service.cli.client import ClientSecurity
 
     return ClientSecurity(
         ca_cert=args.ca_cert,
@@ -91,7 +91,7 @@ def _tls(args: argparse.Namespace) -> TlsSettings | None:
 
 
 def _serve_flags(serve: argparse.ArgumentParser) -> None:
-    """Every setting of service.settings.SERVE_OPTIONS, with its environment default."""
+    """Every setting of configuration.settings.SERVE_OPTIONS, with its environment default."""
     for option in SERVE_OPTIONS:
         value = env_default(option)  # SettingError: a usage error, reported by main
         metavar = "{" + ",".join(option.choices) + "}" if option.choices else None
@@ -178,9 +178,9 @@ def _profile_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
 
 def _profile_command(args: argparse.Namespace) -> int:
     """`profile`: exit 0 with a config written, 2 usage, 1 failure, 130 interrupted."""
-    from service.client import UsageError
-    from service.profiler import Sweep, parse_list, profile_repository, profile_running
-    from service.runtime import default_intra_op_threads
+    from service.cli.client import UsageError
+    from service.cli.profiler import Sweep, parse_list, profile_repository, profile_running
+    from service.runtime.onnx_runner import default_intra_op_threads
 
     budget = args.latency_budget_ms
     if args.seconds <= 0 or args.time_limit <= 0 or (budget is not None and budget <= 0):
@@ -264,7 +264,7 @@ async def _serve(settings: ServerSettings, make_scheduler: SchedulerFactory | No
 
 def _try_hint(server: CnnserveServer) -> str:
     """Commands that work as printed (README "First requests" runs the same ones)."""
-    from service.cli_hints import command, has_module, install_hint
+    from service.cli.hints import command, has_module, install_hint
 
     ready = [entry.name for entry in server.repository.entries() if entry.served is not None]
     model = ready[0] if ready else "<model>"
@@ -319,7 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             from export.__main__ import main as export_main
         except ImportError as exc:
-            from service.cli_hints import install_hint
+            from service.cli.hints import install_hint
 
             print(
                 f"cnnserve export needs the export extra ({exc.name} is missing): "
@@ -360,7 +360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _one_line_errors(command: str, run: Callable[[], int]) -> int:
     """The client commands' errors: one line on stderr; exit 2 for a usage error, 1 for
     what the server said (or could not be reached)."""
-    from service.client import ClientError, UsageError
+    from service.cli.client import ClientError, UsageError
 
     try:
         return run()
@@ -374,7 +374,7 @@ def _one_line_errors(command: str, run: Callable[[], int]) -> int:
 
 def _client_command(args: argparse.Namespace) -> int:
     """`health` (exit 0 when SERVING) and `infer` (prints the top classes)."""
-    from service.client import classify_files, health_check
+    from service.cli.client import classify_files, health_check
 
     if args.command == "health":
         status = health_check(args.url, args.service, args.timeout, _client_security(args))

@@ -21,16 +21,16 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
-from service.gpu_memory import register_gpu_memory
-from service.grpc_api import InferenceServicer, add_to_server
-from service.http_api import HttpFrontEnd
-from service.inference import InferenceCore
-from service.loader import SchedulerFactory, VersionLoader, scheduler_factory
-from service.metrics import Metrics
-from service.poller import RepositoryPoller
-from service.repository import ModelRepository
-from service.security import BearerTokenInterceptor, server_credentials
-from service.settings import ControlMode, ServerSettings
+from service.configuration.settings import ControlMode, ServerSettings
+from service.frontends.grpc_api import InferenceServicer, add_to_server
+from service.frontends.http_api import HttpFrontEnd
+from service.frontends.security import BearerTokenInterceptor, server_credentials
+from service.serving.inference import InferenceCore
+from service.serving.loader import SchedulerFactory, VersionLoader, scheduler_factory
+from service.serving.poller import RepositoryPoller
+from service.serving.repository import ModelRepository
+from service.telemetry.gpu_memory import register_gpu_memory
+from service.telemetry.metrics import Metrics
 from service.v2 import POOL
 from service.v2 import grpc_service_pb2 as pb
 

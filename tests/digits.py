@@ -7,9 +7,9 @@ from functools import cache
 
 import onnxruntime as ort
 
-from service.config import load_model_overrides
-from service.layout import CONFIG_FILE
-from service.loader import preprocessed_graph
+from service.configuration.model_config import load_model_overrides
+from service.serving.layout import CONFIG_FILE
+from service.serving.loader import preprocessed_graph
 from tests.serving import EXAMPLE_MODELS
 
 DIGITS = EXAMPLE_MODELS / "digits"

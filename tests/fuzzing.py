@@ -2,7 +2,7 @@
 lengths, parameters and raw/typed mixes, biased towards almost-valid requests for the
 served models (so that the checks past the first one get exercised too).
 
-Shared by tests/integration/test_fuzz.py (a few hundred examples in `make test`) and
+Shared by tests/integration/frontends/test_fuzz.py (a few hundred examples in `make test`) and
 bench/fuzz.py (the long run)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import grpc
 from hypothesis import strategies as st
 
-from service.datatypes import DATATYPES
+from service.tensors.datatypes import DATATYPES
 from service.v2 import grpc_service_pb2 as pb
 
 T = TypeVar("T")

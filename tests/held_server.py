@@ -14,11 +14,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from service.__main__ import _serve
-from service.batcher import BatchObserver
-from service.config import ModelConfig
-from service.runtime import OnnxRunner
-from service.scheduler import Scheduler
-from service.settings import ServerSettings
+from service.batching.batcher import BatchObserver
+from service.configuration.model_config import ModelConfig
+from service.configuration.settings import ServerSettings
+from service.runtime.onnx_runner import OnnxRunner
+from service.runtime.scheduler import Scheduler
 from tests.serving import GatedRunner, gated_scheduler
 
 

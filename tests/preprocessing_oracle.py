@@ -1,5 +1,5 @@
 """The preprocessing oracle, written from the README's formulas alone (it shares nothing with
-service/preprocess.py's graph builder, so a mistake there cannot hide in both):
+service/images/preprocess.py's graph builder, so a mistake there cannot hide in both):
 
     normalize:   x' = x * scale
     center:      x' = x * scale - mean

@@ -21,14 +21,14 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 
-from service.batcher import BatchObserver, DynamicBatcher
-from service.config import ModelConfig
+from service.batching.batcher import BatchObserver, DynamicBatcher
+from service.configuration.model_config import ModelConfig
+from service.configuration.settings import ServerSettings
 from service.eventloop import loop_factory
-from service.loader import SchedulerFactory, batch_policy
-from service.runtime import OnnxRunner
-from service.scheduler import Feeds, Runner, Scheduler
+from service.runtime.onnx_runner import OnnxRunner
+from service.runtime.scheduler import Feeds, Runner, Scheduler
 from service.server import CnnserveServer
-from service.settings import ServerSettings
+from service.serving.loader import SchedulerFactory, batch_policy
 from service.v2 import grpc_service_pb2 as pb
 from service.v2 import grpc_service_pb2_grpc as pb_grpc
 

@@ -1,4 +1,4 @@
-"""`python -m bench.ablation [--reps 5]`: the request path taken apart, in-process.
+"""`python -m bench.investigations.ablation [--reps 5]`: the request path taken apart, in-process.
 
 cnnserve's servicer (`ModelInfer`, a stand-in context) on the 12 KB compute-free model of
 bench.overhead (`instances: 1`, metrics on), driven by c callers on one event loop; each
@@ -23,11 +23,12 @@ import numpy as np
 
 from bench.overhead import PAYLOADS, build_repository
 from bench.run import OUT
-from service import codec, grpc_api
-from service import model as model_module
+from service.configuration.settings import ServerSettings
 from service.eventloop import loop_factory
+from service.frontends import grpc_api
+from service.frontends import grpc_codec as codec
 from service.server import CnnserveServer
-from service.settings import ServerSettings
+from service.serving import model as model_module
 from service.v2 import grpc_service_pb2 as pb
 
 

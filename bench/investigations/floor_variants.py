@@ -1,5 +1,5 @@
-"""`python -m bench.floor_variants [--rounds 3] [--seconds 3]`: what the floor servicer
-(bench/floor.py) costs per request once it also does Python work (`--spin-us`, measured as
+"""`python -m bench.investigations.floor_variants [--rounds 3] [--seconds 3]`: what the floor
+servicer (bench/floor.py) costs per request once it also does Python work (`--spin-us`, measured as
 the handler thread's CPU), suspends once on a future (`--await`) as cnnserve's request path
 does, or does the least a model server does (`--model-repository`: read the input, run the
 compute-free model's onnxruntime session on it per request, answer). 12 KB FP32 requests,

@@ -1,4 +1,5 @@
-"""`python -m bench.http_stack`: the HTTP server stack for the REST front end, by measurement.
+"""`python -m bench.investigations.http_stack`: the HTTP server stack for the REST front end, by
+measurement.
 
 aiohttp's server (what cnnserve uses) against uvicorn + starlette with httptools (what
 MLServer and KServe use), each serving a trivial v2-shaped JSON infer handler from its own
@@ -112,7 +113,8 @@ def main() -> int:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
-        child = subprocess.Popen([sys.executable, "-m", "bench.http_stack", stack, str(port)],
+        child = subprocess.Popen([sys.executable, "-m", "bench.investigations.http_stack", stack,
+                                  str(port)],
                                  stdout=subprocess.PIPE, text=True)  # fmt: skip
         assert child.stdout is not None
         child.stdout.readline()  # "ready"

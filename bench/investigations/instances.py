@@ -2,8 +2,8 @@
 
 Two threads run batches concurrently for a fixed time, on (a) two sessions of
 cores // 2 intra-op threads each (what cnnserve does for `instances: 2`) and (b) one shared
-session with every core. Reproduce: `.venv/bin/python -m bench.instances` (after make bench,
-which generates bench/out/repository).
+session with every core. Reproduce: `.venv/bin/python -m bench.investigations.instances`
+(after make bench, which generates bench/out/repository).
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from service.runtime import OnnxRunner, default_intra_op_threads
+from service.runtime.onnx_runner import OnnxRunner, default_intra_op_threads
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MODELS = {
     "resnet18": ((8, 3, 224, 224), ROOT / "bench/out/repository/resnet18/1/model.onnx"),
     "digits": ((16, 1, 8, 8), ROOT / "bench/out/repository/digits/1/model.onnx"),

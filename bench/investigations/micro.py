@@ -1,5 +1,5 @@
-"""`python -m bench.micro`: the in-process costs behind bench/README.md's "Where the time
-goes" (no gRPC, one process, this machine): a v2 request's protobuf parse, the codec's
+"""`python -m bench.investigations.micro`: the in-process costs behind bench/README.md's "Where
+the time goes" (no gRPC, one process, this machine): a v2 request's protobuf parse, the codec's
 decode and encode, the request path from `ServedModel.infer` through the batcher with 1000
 requests in flight (batched) and one at a time (a batch each, so a thread hand-off each),
 the round trip between two Python threads through a SimpleQueue (the hand-off's own
@@ -23,10 +23,10 @@ import onnxruntime as ort
 
 from bench.overhead import PAYLOADS, build_repository, compute_free_model
 from bench.run import OUT
-from service.codec import decode_infer_request, encode_infer_response
+from service.configuration.settings import ServerSettings
 from service.eventloop import loop_factory
+from service.frontends.grpc_codec import decode_infer_request, encode_infer_response
 from service.server import CnnserveServer
-from service.settings import ServerSettings
 from service.v2 import grpc_service_pb2 as pb
 
 

@@ -1,4 +1,5 @@
-"""`python -m bench.workers`: would `--workers N` (N server processes on one port) pay?
+"""`python -m bench.investigations.workers`: would `--workers N` (N server processes on one
+port) pay?
 
 The decision bench for issue 17's third part: the mid-size CNN (bench/midcnn.py),
 config-less, served by one cnnserve process (every core) and by two processes on the same

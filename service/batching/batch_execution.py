@@ -21,9 +21,9 @@ from collections import deque
 from collections.abc import Callable
 from functools import partial
 
-from service.batch_queue import BatchObserver, BatchRecord, PendingRequest, Slice, hand_out
-from service.errors import CnnserveError, InternalError
-from service.instances import InstanceThread, Outputs
+from service.batching.batch_queue import BatchObserver, BatchRecord, PendingRequest, Slice, hand_out
+from service.batching.instances import InstanceThread, Outputs
+from service.tensors.errors import CnnserveError, InternalError
 
 log = logging.getLogger(__name__)
 

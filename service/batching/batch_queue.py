@@ -6,7 +6,7 @@ requests. A batch holds one shape: requests share it only when every input has t
 datatype and non-batch dims (`shape_key`). The head of the queue sets the shape; requests
 of other shapes keep their place in line and lead the batches after it, so the oldest
 request always leaves next. Expired and cancelled requests are dropped at the head before
-compute. Pure bookkeeping on the event loop: no threads, no awaits (service/batcher.py
+compute. Pure bookkeeping on the event loop: no threads, no awaits (service/batching/batcher.py
 drives it).
 """
 
@@ -21,9 +21,9 @@ from typing import NamedTuple, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from service.device_rows import DeviceRows
-from service.errors import CnnserveError, DeadlineExceeded
-from service.scheduler import Arrays, Feed, Feeds
+from service.runtime.device_rows import DeviceRows
+from service.runtime.scheduler import Arrays, Feed, Feeds
+from service.tensors.errors import CnnserveError, DeadlineExceeded
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ Policy (docs/architecture.md, "The request path"):
   request larger than `max_batch_size` is split and reassembled), and one batch may carry
   rows of many requests of one shape (batch_queue.py). Each response gets its own rows.
 - A batch of several requests that fails is run again one request at a time, once: only
-  the requests that fail alone get an error (service/batch_execution.py).
+  the requests that fail alone get an error (service/batching/batch_execution.py).
 - Admission is bounded in rows (`max_queue_size`): a full queue answers RESOURCE_EXHAUSTED
   at once. Expired and cancelled requests are dropped before compute.
 - Models that cannot batch (`merge=False`) go through the same queue, one request a run.
@@ -17,11 +17,11 @@ Policy (docs/architecture.md, "The request path"):
 Dispatch is event-driven, without a dispatcher task: a new request, a finished batch or
 the end of a queue delay schedules one dispatch (`loop.call_soon`), so requests that
 arrive in the same loop turn leave together, and a batch is handed to an idle instance's
-thread (service/instances.py) with one queue put. A fault in dispatch is supervised: the
+thread (service/batching/instances.py) with one queue put. A fault in dispatch is supervised: the
 waiting requests fail INTERNAL, the batcher refuses new ones and tells its listeners.
 Copies: one `np.concatenate` per input per batch, on the instance's thread (none when a
 batch is a single whole request); outputs are sliced as views. Answering the requests of
-an executed batch, and the reruns of a failed one, live in service/batch_execution.py.
+an executed batch, and the reruns of a failed one, live in service/batching/batch_execution.py.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 
-from service.batch_execution import BatchExecution
-from service.batch_queue import (
+from service.batching.batch_execution import BatchExecution
+from service.batching.batch_queue import (
     CANCELLED,
     DEADLINE,
     FAILED,
@@ -46,15 +46,15 @@ from service.batch_queue import (
     Slice,
     shape_key,
 )
-from service.errors import (
+from service.batching.instances import INLINE_BELOW_S, InstanceThread
+from service.runtime.scheduler import Arrays, Feeds, Runner
+from service.tensors.errors import (
     DeadlineExceeded,
     InternalError,
     InvalidArgument,
     ResourceExhausted,
     Unavailable,
 )
-from service.instances import INLINE_BELOW_S, InstanceThread
-from service.scheduler import Arrays, Feeds, Runner
 
 # Re-exported: the batcher's public types live with its queue.
 __all__ = ["BatchObserver", "BatchPolicy", "BatchRecord", "DynamicBatcher"]
@@ -90,7 +90,7 @@ class DynamicBatcher:
         self._solo: InstanceThread | None = None  # see _free_instance
         self._recent_rows = 1.0  # rows per dispatched batch, recent average
         self._observer = observer
-        self._inline_below_s = inline_below_s  # see service/instances.py
+        self._inline_below_s = inline_below_s  # see service/batching/instances.py
         self._queue = RequestQueue(on_expired=lambda: self._reject(DEADLINE))
         self._execution = BatchExecution(
             name=name,
@@ -375,7 +375,7 @@ class DynamicBatcher:
             return 0.0
         return max(0.0, self._queue.head.enqueued_at + policy.max_queue_delay_s - now)
 
-    # -- execution (service/batch_execution.py) ----------------------------------------
+    # -- execution (service/batching/batch_execution.py) ----------------------------------------
 
     def _instance_free(self, instance: InstanceThread) -> None:
         """An instance has answered its batch (and any reruns): it takes the next one."""

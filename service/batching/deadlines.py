@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import asyncio
 
-from service.errors import InvalidArgument
-from service.records import ParamValue
+from service.tensors.errors import InvalidArgument
+from service.tensors.records import ParamValue
 
 # Triton's schedule-policy extension: a per-request timeout in microseconds.
 TIMEOUT_PARAMETER = "timeout"

@@ -25,9 +25,9 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import numpy.typing as npt
 
-from service.batch_queue import Slice, gather_inputs
-from service.scheduler import Runner
-from service.threads import name_os_thread
+from service.batching.batch_queue import Slice, gather_inputs
+from service.runtime.scheduler import Runner
+from service.runtime.threads import name_os_thread
 
 Outputs = list[npt.NDArray[np.generic]]
 # Called on the event loop: (instance, outputs or None, error or None, seconds computing).

@@ -17,7 +17,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from service.tensor_contents import deserialize_bytes_tensor, serialize_bytes_tensor
+from service.tensors.tensor_contents import deserialize_bytes_tensor, serialize_bytes_tensor
 from service.v2 import grpc_service_pb2 as pb
 from service.v2 import grpc_service_pb2_grpc as pb_grpc
 

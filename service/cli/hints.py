@@ -12,10 +12,12 @@ import shutil
 import sys
 from pathlib import Path
 
+import service
+
 
 def checkout_root() -> Path | None:
     """The source checkout this package runs from (an editable install), if any."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(service.__file__).resolve().parent.parent  # the folder holding service/
     if (root / "Makefile").is_file() and (root / "pyproject.toml").is_file():
         return root
     return None

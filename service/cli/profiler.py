@@ -33,9 +33,9 @@ import grpc
 import numpy as np
 import yaml
 
-from service.client import ClientError, UsageError, wait_connected
-from service.datatypes import DATATYPES
-from service.layout import CONFIG_FILE
+from service.cli.client import ClientError, UsageError, wait_connected
+from service.serving.layout import CONFIG_FILE
+from service.tensors.datatypes import DATATYPES
 from service.v2 import grpc_service_pb2 as pb
 from service.v2 import grpc_service_pb2_grpc as pb_grpc
 

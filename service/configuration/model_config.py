@@ -1,4 +1,4 @@
-"""The model config schema (server settings are service/settings.py).
+"""The model config schema (server settings are service/configuration/settings.py).
 
 A model's `config.yaml` is optional and may be partial: what it leaves out is filled in
 from the ONNX file (see `signature.py`). Every key is validated here, at load time, with a
@@ -15,8 +15,8 @@ from typing import Any, Final, Literal
 
 import yaml
 
-from service.datatypes import DATATYPES
-from service.errors import ConfigError
+from service.tensors.datatypes import DATATYPES
+from service.tensors.errors import ConfigError
 
 PLATFORM = "onnxruntime_onnx"  # Triton's platform name for the same runtime
 AUTO: Final = "auto"
@@ -72,7 +72,7 @@ class ModelConfig:
     # Inputs that also accept BYTES: one encoded image per batch row (preprocessing).
     encoded_inputs: tuple[str, ...] = ()
     # instances: auto kept one more session, with every core, for a lone batch: the last
-    # runner (service/autotune.py "solo instance"); `instances` does not count it.
+    # runner (service/runtime/autotune.py "solo instance"); `instances` does not count it.
     solo_instance: bool = False
 
     @property
@@ -98,15 +98,15 @@ class ModelOverrides:
     inputs: tuple[TensorSpec, ...] | None = None
     outputs: tuple[TensorSpec, ...] | None = None
     device: str | None = None
-    # None (not stated) or "auto": timed at load (service/autotune.py); a number is kept.
+    # None (not stated) or "auto": timed at load (service/runtime/autotune.py); a number is kept.
     instances: int | Literal["auto"] | None = None
     dynamic_batching: DynamicBatching | None = None
     provider_options: Mapping[str, str] | None = None
     # IO binding: None = on for CUDA (one host-to-device copy per batch), off on the CPU.
     io_binding: bool | None = None
-    # Where encoded images are decoded: auto | cpu | gpu (service/device_images.py).
+    # Where encoded images are decoded: auto | cpu | gpu (service/images/device_decode.py).
     decode: str | None = None
-    # Validated by service.preprocess.parse_preprocessing (which needs the model's inputs
+    # Validated by service.images.preprocess.parse_preprocessing (which needs the model's inputs
     # to bind, and imports this module); kept raw here.
     preprocessing: Mapping[str, Any] | None = None
 

@@ -17,7 +17,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from service.errors import ConfigError, FailedPrecondition
+from service.tensors.errors import ConfigError, FailedPrecondition
 
 ENV_PREFIX = "CNNSERVE_"
 
@@ -82,7 +82,7 @@ class ServerSettings:
     # gRPC limits both ways; a bigger message is refused with RESOURCE_EXHAUSTED. 64 MiB
     # holds a batch of 64 uint8 224x224x3 images (9.6 MB) many times over.
     max_message_bytes: int = 64 * 1024 * 1024
-    # instances: auto (service/autotune.py): seconds of in-process timing per model load.
+    # instances: auto (service/runtime/autotune.py): seconds of in-process timing per model load.
     autotune_budget_s: float = 2.0
     # Encoded images: the pixels all rows of one request may declare (ten 12 MP photos).
     max_decode_pixels: int = 120_000_000

@@ -13,10 +13,10 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from service.config import DEFAULT_MAX_BATCH_SIZE, ModelConfig, TensorSpec
-from service.datatypes import from_numpy, from_ort
-from service.errors import InvalidArgument, ModelLoadError
-from service.records import OnnxTensor, RequestedOutput, TensorHeader
+from service.configuration.model_config import DEFAULT_MAX_BATCH_SIZE, ModelConfig, TensorSpec
+from service.tensors.datatypes import from_numpy, from_ort
+from service.tensors.errors import InvalidArgument, ModelLoadError
+from service.tensors.records import OnnxTensor, RequestedOutput, TensorHeader
 
 
 def onnx_signature(model: onnx.ModelProto) -> tuple[list[OnnxTensor], list[OnnxTensor]]:

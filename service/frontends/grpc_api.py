@@ -17,23 +17,23 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from service import __version__
-from service.codec import (
+from service.frontends.grpc_codec import (
     decode_infer_request,
     encode_infer_response,
     set_parameter,
 )
-from service.errors import CnnserveError, Code, InvalidArgument, NotFound, Unavailable
-from service.grpc_stream import InferenceStream, stream_error
-from service.inference import InferenceCore
-from service.model import ServedModel
-from service.records import DecodedRequest, NamedOutputs
-from service.triton_config import (
+from service.frontends.grpc_stream import InferenceStream, stream_error
+from service.frontends.triton_config import (
     EXTENSIONS,
     SERVER_NAME,
     metadata_parameters,
     model_config_message,
     statistics_response,
 )
+from service.serving.inference import InferenceCore
+from service.serving.model import ServedModel
+from service.tensors.errors import CnnserveError, Code, InvalidArgument, NotFound, Unavailable
+from service.tensors.records import DecodedRequest, NamedOutputs
 from service.v2 import grpc_service_pb2 as pb
 from service.v2 import grpc_service_pb2_grpc as pb_grpc
 

@@ -1,4 +1,4 @@
-"""KServe v2 gRPC messages <-> the core's plain records (service/records.py) and numpy.
+"""KServe v2 gRPC messages <-> the core's plain records (service/tensors/records.py) and numpy.
 
 Decoding is zero-copy for raw contents (`np.frombuffer` over the request's bytes); typed
 contents are converted once. Every client mistake becomes `InvalidArgument` naming the
@@ -13,9 +13,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import numpy.typing as npt
 
-from service.datatypes import DATATYPES, Datatype
-from service.errors import InvalidArgument
-from service.records import (
+from service.tensors.datatypes import DATATYPES, Datatype
+from service.tensors.errors import InvalidArgument
+from service.tensors.records import (
     NO_PARAMETERS,
     DecodedRequest,
     HeaderCheck,
@@ -24,7 +24,7 @@ from service.records import (
     RequestedOutput,
     TensorHeader,
 )
-from service.tensor_contents import (
+from service.tensors.tensor_contents import (
     checked_integers,
     from_raw,
     input_datatype,

@@ -1,8 +1,8 @@
 """The KServe v2 REST front end (Triton's HTTP endpoints) on the server's event loop.
 
 aiohttp's server runs on the same loop as gRPC and calls the same core (InferenceCore:
-leases, drain, deadlines, batcher, metrics); service/http_codec.py turns bodies into the
-same records. Chosen by measurement (`python -m bench.http_stack`, bench/README.md,
+leases, drain, deadlines, batcher, metrics); service/frontends/http_codec.py turns bodies into the
+same records. Chosen by measurement (`python -m bench.investigations.http_stack`, bench/README.md,
 "HTTP/REST"): aiohttp and uvicorn + starlette cost the same server CPU per request within
 noise (99 vs 108 us, and 111 vs 97 in another run, for a trivial JSON handler at c=32),
 and aiohttp embeds in a running loop without taking over
@@ -23,21 +23,21 @@ from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from service import __version__
-from service.errors import CnnserveError, Code, ConfigError, InvalidArgument, Unavailable
-from service.http_codec import HEADER_LENGTH, decode_infer, encode_infer, split_body
-from service.http_connections import ConnectionLog
-from service.inference import InferenceCore
-from service.metrics import Metrics
-from service.model import ServedModel
-from service.records import DecodedRequest, NamedOutputs
-from service.settings import TlsSettings, read_tls_file
-from service.triton_config import (
+from service.configuration.settings import TlsSettings, read_tls_file
+from service.frontends.http_codec import HEADER_LENGTH, decode_infer, encode_infer, split_body
+from service.frontends.http_connections import ConnectionLog
+from service.frontends.triton_config import (
     EXTENSIONS,
     SERVER_NAME,
     metadata_parameters,
     model_config_message,
     statistics_response,
 )
+from service.serving.inference import InferenceCore
+from service.serving.model import ServedModel
+from service.telemetry.metrics import Metrics
+from service.tensors.errors import CnnserveError, Code, ConfigError, InvalidArgument, Unavailable
+from service.tensors.records import DecodedRequest, NamedOutputs
 
 log = logging.getLogger(__name__)
 

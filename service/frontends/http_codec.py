@@ -7,7 +7,7 @@ of JSON followed by the binary tensors of the inputs whose parameters carry
 read (the model's `check_headers`), then each tensor's data is checked against its shape.
 Outputs go back as JSON `data`, or binary (request parameter `binary_data_output`, or an
 output's `binary_data`), with the JSON's length in the same header. Wire-level only: the
-HTTP server and the error mapping live in service/http_api.py.
+HTTP server and the error mapping live in service/frontends/http_api.py.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from service.datatypes import DATATYPES, Datatype
-from service.errors import InvalidArgument
-from service.records import (
+from service.tensors.datatypes import DATATYPES, Datatype
+from service.tensors.errors import InvalidArgument
+from service.tensors.records import (
     NO_PARAMETERS,
     DecodedRequest,
     HeaderCheck,
@@ -31,7 +31,7 @@ from service.records import (
     RequestedOutput,
     TensorHeader,
 )
-from service.tensor_contents import (
+from service.tensors.tensor_contents import (
     checked_integers,
     from_raw,
     input_datatype,

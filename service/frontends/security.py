@@ -13,8 +13,8 @@ from typing import Any
 
 import grpc
 
-from service.errors import ConfigError, Unauthenticated
-from service.settings import TlsSettings, read_tls_file
+from service.configuration.settings import TlsSettings, read_tls_file
+from service.tensors.errors import ConfigError, Unauthenticated
 
 # Probes must answer without credentials (the token would otherwise have to be in the pod
 # spec of every probe).

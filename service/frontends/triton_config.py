@@ -7,17 +7,17 @@ tensor shapes and the batching policy. Only the fields cnnserve has are filled.
 
 from __future__ import annotations
 
-from service.layout import LABELS_FILE
-from service.metrics import Metrics, ModelStats
-from service.model import ServedModel
-from service.records import ParamValue
+from service.serving.layout import LABELS_FILE
+from service.serving.model import ServedModel
+from service.telemetry.metrics import Metrics, ModelStats
+from service.tensors.records import ParamValue
 from service.v2 import grpc_service_pb2 as pb
 from service.v2 import model_config_pb2 as mc
 
 
 def _triton_type(datatype: str) -> int:
     """Triton's DataType for a v2 datatype name: the same names with TYPE_, but BYTES is
-    TYPE_STRING (derived, so the datatype table lives once, in service/datatypes.py)."""
+    TYPE_STRING (derived, so the datatype table lives once, in service/tensors/datatypes.py)."""
     return mc.DataType.Value("TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}")
 
 

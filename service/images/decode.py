@@ -23,7 +23,7 @@ Decoding runs in threads (Pillow releases the GIL while decoding), never on the 
 each row is its own task, so one request's rows spread over the pool and other requests'
 rows interleave with them. Before any decoding, the declared sizes of all rows (read from
 the headers) are held against the request's decode budget (`read_headers`); the same pass
-tells GPU decoding which rows are plain JPEGs (service/device_images.py).
+tells GPU decoding which rows are plain JPEGs (service/images/device_decode.py).
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, UnidentifiedImageError
 
-from service.errors import InvalidArgument
-from service.preprocess import BoundPreprocess
+from service.images.preprocess import BoundPreprocess
+from service.tensors.errors import InvalidArgument
 
 MAX_PIXELS = 40_000_000  # larger declared sizes are refused before decoding
 MIN_SIDE = 2  # a 1-pixel-wide image carries no spatial information

@@ -2,7 +2,7 @@
 model's device, into `DeviceRows` that the model's session takes without a host round trip.
 
 `decode: auto | cpu | gpu` (config.yaml) chooses, once per loaded version, like `device`:
-- `cpu`: Pillow in the decode threads (service/images.py), always available.
+- `cpu`: Pillow in the decode threads (service/images/decode.py), always available.
 - `gpu`: nvImageCodec on the model's CUDA device; a model that does not run on CUDA, or a
   server without nvImageCodec, does not load (the reason is in the repository index), as a
   `device: cuda` that cannot be honoured does not.
@@ -21,7 +21,8 @@ DCT-domain scaling: nvImageCodec decodes at full size (how its speed compares wi
 libjpeg at 1/8 is for `python -m bench.gpu_decode` on a GPU to show; not measured yet).
 
 The same code runs on the CPU (nvImageCodec's CPU backend, onnxruntime's CPU provider):
-that is how the plumbing is tested on machines without a GPU (tests/unit/test_device_images.py).
+that is how the plumbing is tested on machines without a GPU
+(tests/unit/images/test_device_images.py).
 """
 
 from __future__ import annotations
@@ -37,11 +38,11 @@ import numpy.typing as npt
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from service.device_rows import DeviceRows, require_cuda_runtime, synchronize_stream
-from service.errors import InternalError, ModelLoadError
-from service.images import ImageHeader, decode_pixels
-from service.preprocess import BoundPreprocess
-from service.runtime import CPU, CUDA
+from service.images.decode import ImageHeader, decode_pixels
+from service.images.preprocess import BoundPreprocess
+from service.runtime.device_rows import DeviceRows, require_cuda_runtime, synchronize_stream
+from service.runtime.onnx_runner import CPU, CUDA
+from service.tensors.errors import InternalError, ModelLoadError
 
 NVIMGCODEC = "nvidia.nvimgcodec"
 INSTALL_HINT = "pip install 'nvidia-nvimgcodec-cu12[nvjpeg]'"
@@ -179,7 +180,7 @@ class DeviceImageDecoder:
         gray = pre.spec.color == "gray"
         self._params = nvimgcodec.DecodeParams(
             color_spec=nvimgcodec.ColorSpec.GRAY if gray else nvimgcodec.ColorSpec.SRGB,
-            apply_exif_orientation=False,  # as the CPU path (service/images.py)
+            apply_exif_orientation=False,  # as the CPU path (service/images/decode.py)
         )
         self._local = threading.local()  # one nvImageCodec decoder per decode thread
 

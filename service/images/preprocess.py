@@ -30,8 +30,8 @@ import numpy.typing as npt
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from service.config import TensorSpec
-from service.errors import ConfigError
+from service.configuration.model_config import TensorSpec
+from service.tensors.errors import ConfigError
 
 MODES = ("none", "normalize", "center", "standardize")
 STATISTICS = ("dataset", "per_image")

@@ -30,7 +30,7 @@ more threads per run answers a lone batch at least SOLO_GAIN faster than the win
 instances do (and by SOLO_MIN_GAIN_S), one session of that split is kept as well: the solo
 instance. The batcher
 runs a batch on it when that batch is all the work there is and every other instance is
-idle, and never beside them (service/batcher.py), so the cores are never oversubscribed.
+idle, and never beside them (service/batching/batcher.py), so the cores are never oversubscribed.
 Its cost is one more session (a second copy of the weights, and an arena as large as the
 batches it ran), never more than one.
 """
@@ -48,8 +48,8 @@ from typing import Generic, Protocol, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from service.errors import ModelLoadError
-from service.scheduler import Runner
+from service.runtime.scheduler import Runner
+from service.tensors.errors import ModelLoadError
 
 Feeds = Mapping[str, npt.NDArray[np.generic]]
 

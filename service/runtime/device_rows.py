@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
-from service.errors import InternalError
+from service.tensors.errors import InternalError
 
 CUDA_MEMCPY_HOST_TO_DEVICE = 1  # cudaMemcpyKind
 CUDA_MEMCPY_DEVICE_TO_HOST = 2

@@ -19,11 +19,11 @@ import numpy.typing as npt
 import onnxruntime as ort
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument as OrtInvalidArgument
 
-from service.config import DeviceRequest
-from service.device_rows import DeviceRows
-from service.errors import InternalError, InvalidArgument, ModelLoadError
-from service.records import OnnxTensor
-from service.scheduler import Feeds
+from service.configuration.model_config import DeviceRequest
+from service.runtime.device_rows import DeviceRows
+from service.runtime.scheduler import Feeds
+from service.tensors.errors import InternalError, InvalidArgument, ModelLoadError
+from service.tensors.records import OnnxTensor
 
 log = logging.getLogger(__name__)
 

@@ -14,11 +14,11 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from service.device_rows import DeviceRows
+from service.runtime.device_rows import DeviceRows
 
 Arrays = dict[str, npt.NDArray[np.generic]]
 # An input as a scheduler takes it: host arrays, or rows already on the model's device
-# (images decoded there, service/device_images.py).
+# (images decoded there, service/images/device_decode.py).
 Feed = npt.NDArray[np.generic] | DeviceRows
 Feeds = Mapping[str, Feed]
 

@@ -17,9 +17,9 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from service.config import ModelConfig
-from service.datatypes import DATATYPES
-from service.scheduler import Runner
+from service.configuration.model_config import ModelConfig
+from service.runtime.scheduler import Runner
+from service.tensors.datatypes import DATATYPES
 
 log = logging.getLogger(__name__)
 

@@ -10,12 +10,12 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from service.deadlines import TIMEOUT_PARAMETER, request_deadline
-from service.errors import CnnserveError, Code, Unavailable
-from service.metrics import UNKNOWN_MODEL, Metrics
-from service.model import ServedModel
-from service.records import DecodedRequest, NamedOutputs
-from service.repository import ModelRepository
+from service.batching.deadlines import TIMEOUT_PARAMETER, request_deadline
+from service.serving.model import ServedModel
+from service.serving.repository import ModelRepository
+from service.telemetry.metrics import UNKNOWN_MODEL, Metrics
+from service.tensors.errors import CnnserveError, Code, Unavailable
+from service.tensors.records import DecodedRequest, NamedOutputs
 
 Answer = TypeVar("Answer")
 Decode = Callable[[ServedModel], DecodedRequest]

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.errors import InvalidArgument, NotFound
+from service.tensors.errors import InvalidArgument, NotFound
 
 MODEL_FILE = "model.onnx"
 CONFIG_FILE = "config.yaml"

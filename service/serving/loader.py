@@ -13,26 +13,26 @@ from pathlib import Path
 
 import onnx
 
-from service.autotune import Search, Tuning
-from service.batcher import BatchObserver, BatchPolicy, DynamicBatcher
-from service.config import (
+from service.batching.batcher import BatchObserver, BatchPolicy, DynamicBatcher
+from service.configuration.model_config import (
     AUTO,
     DeviceRequest,
     ModelConfig,
     ModelOverrides,
     load_model_overrides,
 )
-from service.device_images import DecodeChoice, DeviceImageDecoder, choose_decode
-from service.errors import ModelLoadError
-from service.layout import CONFIG_FILE, MODEL_FILE, read_labels
-from service.metrics import Metrics
-from service.model import ServedModel
-from service.preprocess import BoundPreprocess, attach, bind, parse_preprocessing
-from service.runtime import CUDA, OnnxRunner, default_intra_op_threads
-from service.scheduler import Scheduler
-from service.settings import default
-from service.signature import infer_config, onnx_signature
-from service.warmup import timeable, warm_up, zero_feeds
+from service.configuration.settings import default
+from service.configuration.signature import infer_config, onnx_signature
+from service.images.device_decode import DecodeChoice, DeviceImageDecoder, choose_decode
+from service.images.preprocess import BoundPreprocess, attach, bind, parse_preprocessing
+from service.runtime.autotune import Search, Tuning
+from service.runtime.onnx_runner import CUDA, OnnxRunner, default_intra_op_threads
+from service.runtime.scheduler import Scheduler
+from service.runtime.warmup import timeable, warm_up, zero_feeds
+from service.serving.layout import CONFIG_FILE, MODEL_FILE, read_labels
+from service.serving.model import ServedModel
+from service.telemetry.metrics import Metrics
+from service.tensors.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 

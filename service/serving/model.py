@@ -16,19 +16,19 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from service.autotune import Tuning
-from service.config import ModelConfig
-from service.device_images import DecodeChoice, DeviceImageDecoder
-from service.errors import InvalidArgument
-from service.images import decode_rows, read_headers
-from service.metrics import ModelMetrics
-from service.preprocess import BoundPreprocess
-from service.records import DecodedRequest, RequestedOutput, TensorHeader
-from service.runtime import OnnxRunner, default_intra_op_threads
-from service.scheduler import Arrays, Feed, Feeds, Scheduler
-from service.settings import default
-from service.signature import InputCheck, select_outputs
-from service.threads import name_os_thread
+from service.configuration.model_config import ModelConfig
+from service.configuration.settings import default
+from service.configuration.signature import InputCheck, select_outputs
+from service.images.decode import decode_rows, read_headers
+from service.images.device_decode import DecodeChoice, DeviceImageDecoder
+from service.images.preprocess import BoundPreprocess
+from service.runtime.autotune import Tuning
+from service.runtime.onnx_runner import OnnxRunner, default_intra_op_threads
+from service.runtime.scheduler import Arrays, Feed, Feeds, Scheduler
+from service.runtime.threads import name_os_thread
+from service.telemetry.metrics import ModelMetrics
+from service.tensors.errors import InvalidArgument
+from service.tensors.records import DecodedRequest, RequestedOutput, TensorHeader
 
 CLASSIFICATION = "classification"  # Triton's output parameter: return the top k classes
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from service.layout import Latest, scan
-from service.repository import ModelRepository
+from service.serving.layout import Latest, scan
+from service.serving.repository import ModelRepository
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """The registry of served models: which version of each model serves, leases, swaps and
-unloads. Loading a version is injected (`service.loader.VersionLoader.load`, run in a
-thread); polling is `service.poller`, retiring `service.retirement`, the folder layout
-`service.layout`. A model that fails to load is listed UNAVAILABLE with its reason, and every
-other model serves. Model names are folder names: one that could leave the root is refused.
+unloads. Loading a version is injected (`loader.VersionLoader.load`, run in a thread);
+polling is `poller`, retiring `retirement`, the folder layout `layout` (all in this
+package). A model that fails to load is listed UNAVAILABLE with its reason, and every other
+model serves. Model names are folder names: one that could leave the root is refused.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from service.errors import CnnserveError, ModelLoadError, NotFound, Unavailable
-from service.layout import (
+from service.configuration.settings import ControlMode
+from service.serving.layout import (
     MODEL_FILE,
     FileStamp,
     Latest,
@@ -24,10 +24,10 @@ from service.layout import (
     model_folder,
     model_folders,
 )
-from service.metrics import Metrics
-from service.model import ServedModel
-from service.retirement import Retirement, retire
-from service.settings import ControlMode
+from service.serving.model import ServedModel
+from service.serving.retirement import Retirement, retire
+from service.telemetry.metrics import Metrics
+from service.tensors.errors import CnnserveError, ModelLoadError, NotFound, Unavailable
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable
 
-from service.heap import release_free_heap
-from service.model import ServedModel
+from service.runtime.heap import release_free_heap
+from service.serving.model import ServedModel
 
 
 class Retirement:

@@ -27,8 +27,8 @@ from prometheus_client import (
 )
 from prometheus_client.core import HistogramMetricFamily
 
-from service.batcher import BatchRecord
-from service.scheduler import Scheduler
+from service.batching.batcher import BatchRecord
+from service.runtime.scheduler import Scheduler
 
 DURATION_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from service.datatypes import DATATYPES, Datatype, from_numpy
-from service.errors import InvalidArgument
+from service.tensors.datatypes import DATATYPES, Datatype, from_numpy
+from service.tensors.errors import InvalidArgument
 
 
 def input_datatype(name: str, datatype: str) -> Datatype:

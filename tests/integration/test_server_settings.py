@@ -18,8 +18,8 @@ import tritonclient.grpc as triton
 import yaml
 from tritonclient.utils import InferenceServerException
 
-from service.runtime import default_intra_op_threads
-from service.settings import ControlMode
+from service.configuration.settings import ControlMode
+from service.runtime.onnx_runner import default_intra_op_threads
 from tests.digits import served_session
 from tests.serving import (
     EXAMPLE_MODELS,

@@ -16,7 +16,7 @@ LIMITS = {"repository.py": 250}
 
 
 def sources(package: str) -> list[Path]:
-    return sorted(p for p in (REPO_ROOT / package).glob("*.py") if "_pb2" not in p.name)
+    return sorted(p for p in (REPO_ROOT / package).rglob("*.py") if "_pb2" not in p.name)
 
 
 def long_functions(path: Path) -> list[str]:

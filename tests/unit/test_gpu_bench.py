@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 
 from bench.resnet50 import resnet50
-from service.runtime import CUDA
+from service.runtime.onnx_runner import CUDA
 from tests.serving import REPO_ROOT
 
 

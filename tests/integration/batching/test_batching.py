@@ -14,7 +14,7 @@ import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
 from export.data import digits_split
-from service.batcher import DynamicBatcher
+from service.batching.batcher import DynamicBatcher
 from service.v2 import grpc_service_pb2 as pb
 from service.v2 import grpc_service_pb2_grpc as pb_grpc
 from tests.digits import MODEL_FILE, served_session

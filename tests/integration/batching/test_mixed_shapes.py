@@ -27,7 +27,7 @@ from onnx import TensorProto, helper, numpy_helper
 from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
-from service.batcher import DynamicBatcher
+from service.batching.batcher import DynamicBatcher
 from tests.onnx_models import save
 from tests.serving import GatedRunner, ServerThread, gated_scheduler, running_server
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from service.loader import VersionLoader
+from service.serving.loader import VersionLoader
 from tests import onnx_models
 from tests.serving import free_port
 

@@ -3,7 +3,7 @@ expression of the Grafana dashboard and the rule files must return data.
 
 Prometheus comes from Debian's `prometheus` package (`make test` installs it if absent).
 Alert expressions are `<query> <comparison> <threshold>`: their <query> must return data
-(whether they fire is promtool's job, tests/unit/test_prometheus_rules.py). Expressions on
+(whether they fire is promtool's job, tests/unit/telemetry/test_prometheus_rules.py). Expressions on
 GPU memory are checked only where NVML sees a GPU.
 """
 

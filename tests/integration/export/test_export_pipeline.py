@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw
 
 from export.data import digits_split
 from export.onnx_export import to_fp16
-from service.client import classify_files
+from service.cli.client import classify_files
 from tests.digits import MODEL_FILE
 from tests.preprocessing_oracle import expected_model_input
 from tests.serving import EXAMPLE_MODELS, REPO_ROOT, running_server

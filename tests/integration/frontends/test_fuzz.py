@@ -10,7 +10,7 @@ import grpc
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from service.client import health_check
+from service.cli.client import health_check
 from service.v2 import grpc_service_pb2 as pb
 from tests.fuzzing import CLIENT_ERRORS, infer_requests, whole_messages
 from tests.serving import running_server

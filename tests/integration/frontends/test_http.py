@@ -21,9 +21,9 @@ import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 from tritonclient.utils import InferenceServerException
 
-from service.settings import ControlMode, TlsSettings
+from service.configuration.settings import ControlMode, TlsSettings
 from tests.certs import make_pki
-from tests.integration.test_drain import HELD, pixels, release_and_exit, wait_for_line
+from tests.integration.serving.test_drain import HELD, pixels, release_and_exit, wait_for_line
 from tests.serving import ServerThread, running_server
 from tests.waiting import until_queued
 

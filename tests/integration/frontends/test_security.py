@@ -11,8 +11,8 @@ import pytest
 import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
-from service.client import ClientError, ClientSecurity, health_check
-from service.settings import TlsSettings
+from service.cli.client import ClientError, ClientSecurity, health_check
+from service.configuration.settings import TlsSettings
 from service.v2 import grpc_service_pb2 as pb
 from service.v2 import grpc_service_pb2_grpc as pb_grpc
 from tests.certs import Pki, make_pki

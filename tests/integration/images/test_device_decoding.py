@@ -17,9 +17,9 @@ import tritonclient.grpc as triton
 import yaml
 from PIL import Image
 
-from service import device_images
-from service.batcher import DynamicBatcher
-from service.runtime import CPU, CUDA
+from service.batching.batcher import DynamicBatcher
+from service.images import device_decode as device_images
+from service.runtime.onnx_runner import CPU, CUDA
 from service.v2 import grpc_service_pb2 as pb
 from service.v2 import grpc_service_pb2_grpc as pb_grpc
 from tests.onnx_models import affine, save

@@ -21,14 +21,14 @@ from PIL import Image
 from tritonclient.utils import InferenceServerException
 
 from export.data import digits_split
-from service.config import TensorSpec
-from service.preprocess import bind, parse_preprocessing
+from service.configuration.model_config import TensorSpec
+from service.images.preprocess import bind, parse_preprocessing
 from service.v2 import grpc_service_pb2 as pb
 from service.v2 import grpc_service_pb2_grpc as pb_grpc
 from tests.digits import served_session
 from tests.onnx_models import affine, save
 from tests.preprocessing_oracle import expected_model_input
-from tests.serving import ServerThread, running_server
+from tests.serving import EXAMPLE_MODELS, ServerThread, running_server
 
 
 def photograph(name: str) -> Image.Image:
@@ -116,7 +116,7 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
         root, "bad_std", affine(["N", 3, 6, 5]), {"mode": "standardize", "std": [0.2, 0, 0.2]}
     )
     write_model(root, "bad_mean", affine(["N", 3, 6, 5]), {"mode": "center", "mean": [0.1, 0.2]})
-    digits = Path(__file__).resolve().parents[2] / "models" / "digits"
+    digits = EXAMPLE_MODELS / "digits"
     (root / "digits" / "1").mkdir(parents=True)
     (root / "digits" / "1" / "model.onnx").write_bytes((digits / "1" / "model.onnx").read_bytes())
     for name in ("config.yaml", "labels.txt"):

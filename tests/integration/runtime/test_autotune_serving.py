@@ -16,10 +16,10 @@ import pytest
 import tritonclient.grpc as triton
 from onnx import TensorProto, helper
 
-from service.autotune import Search, batch_sizes, core_splits
-from service.config import DEFAULT_MAX_BATCH_SIZE
-from service.loader import NOT_TIMED
-from service.runtime import OnnxRunner, default_intra_op_threads
+from service.configuration.model_config import DEFAULT_MAX_BATCH_SIZE
+from service.runtime.autotune import Search, batch_sizes, core_splits
+from service.runtime.onnx_runner import OnnxRunner, default_intra_op_threads
+from service.serving.loader import NOT_TIMED
 from tests import onnx_models
 from tests.integration.test_server_settings import digits_with
 from tests.serving import model_parameters, running_server

@@ -16,7 +16,7 @@ import grpc
 import numpy as np
 import pytest
 
-from service.client import health_check
+from service.cli.client import health_check
 from service.v2 import grpc_service_pb2 as pb
 from service.v2 import grpc_service_pb2_grpc as pb_grpc
 from tests.digits import served_session

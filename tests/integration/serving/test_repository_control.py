@@ -16,9 +16,9 @@ import pytest
 import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
-from service.loader import VersionLoader
-from service.model import ServedModel
-from service.settings import ControlMode
+from service.configuration.settings import ControlMode
+from service.serving.loader import VersionLoader
+from service.serving.model import ServedModel
 from service.v2 import grpc_service_pb2 as pb
 from service.v2 import grpc_service_pb2_grpc as pb_grpc
 from tests.serving import EXAMPLE_MODELS, ServerThread, running_server

@@ -24,13 +24,13 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
-from service.batcher import BatchObserver, DynamicBatcher
-from service.client import health_check
-from service.config import ModelConfig
-from service.loader import batch_policy
-from service.runtime import OnnxRunner
-from service.scheduler import Scheduler
-from service.settings import ControlMode
+from service.batching.batcher import BatchObserver, DynamicBatcher
+from service.cli.client import health_check
+from service.configuration.model_config import ModelConfig
+from service.configuration.settings import ControlMode
+from service.runtime.onnx_runner import OnnxRunner
+from service.runtime.scheduler import Scheduler
+from service.serving.loader import batch_policy
 from tests import onnx_models
 from tests.serving import EXAMPLE_MODELS, GatedRunner, ServerThread, running_server
 
@@ -222,7 +222,7 @@ def test_loads_and_retirements_give_freed_heap_back(
 ) -> None:
     """A first load trims the heap too (its reading and timing buffers), not only a version's
     retirement: measured 120-180 MiB less RSS at start-up (bench/README.md, "memory")."""
-    from service import retirement
+    from service.serving import retirement
 
     trims: list[int] = []
 

@@ -16,18 +16,18 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from service import batcher as batcher_module
-from service.batch_queue import shape_key
-from service.batcher import BatchPolicy, BatchRecord, DynamicBatcher
-from service.device_rows import DeviceRows
-from service.errors import (
+from service.batching import batcher as batcher_module
+from service.batching.batch_queue import shape_key
+from service.batching.batcher import BatchPolicy, BatchRecord, DynamicBatcher
+from service.runtime.device_rows import DeviceRows
+from service.runtime.scheduler import Feeds
+from service.tensors.errors import (
     DeadlineExceeded,
     InternalError,
     InvalidArgument,
     ResourceExhausted,
     Unavailable,
 )
-from service.scheduler import Feeds
 from tests.waiting import until
 
 POISON = -999.0  # a row holding this value makes the fake runner fail its whole batch

@@ -1,4 +1,4 @@
-"""Batches cheaper than the thread hand-off run on the event loop (service/instances.py).
+"""Batches cheaper than the thread hand-off run on the event loop (service/batching/instances.py).
 
 Where a batch ran is read from the thread that called the runner; the threshold is set to
 its extremes so the outcome does not depend on how fast this machine is.
@@ -13,9 +13,9 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from service.batcher import BatchPolicy, DynamicBatcher
-from service.errors import InternalError
-from service.scheduler import Feeds
+from service.batching.batcher import BatchPolicy, DynamicBatcher
+from service.runtime.scheduler import Feeds
+from service.tensors.errors import InternalError
 
 POISON = -1.0
 

@@ -12,9 +12,9 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from service.batcher import BatchPolicy, DynamicBatcher
-from service.scheduler import Feeds
-from tests.unit.test_batcher import FakeRunner, expected, rows, submit
+from service.batching.batcher import BatchPolicy, DynamicBatcher
+from service.runtime.scheduler import Feeds
+from tests.unit.batching.test_batcher import FakeRunner, expected, rows, submit
 from tests.waiting import until
 
 

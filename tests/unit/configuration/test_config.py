@@ -5,14 +5,14 @@ from typing import Any
 
 import pytest
 
-from service.config import (
+from service.configuration.model_config import (
     DynamicBatching,
     ModelConfig,
     TensorSpec,
     load_model_overrides,
     parse_model_overrides,
 )
-from service.errors import ConfigError
+from service.tensors.errors import ConfigError
 
 INFERRED = ModelConfig(
     name="m",

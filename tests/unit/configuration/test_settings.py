@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from service.__main__ import build_parser, main, serve_settings
-from service.settings import SERVE_OPTIONS, ControlMode, EventLoop, ServerSettings
+from service.configuration.settings import SERVE_OPTIONS, ControlMode, EventLoop, ServerSettings
 from tests.serving import REPO_ROOT
 
 

@@ -2,10 +2,10 @@ from __future__ import annotations
 
 import pytest
 
-from service.config import DEFAULT_MAX_BATCH_SIZE
-from service.errors import InvalidArgument, ModelLoadError
-from service.records import OnnxTensor, RequestedOutput, TensorHeader
-from service.signature import check_inputs, infer_config, select_outputs
+from service.configuration.model_config import DEFAULT_MAX_BATCH_SIZE
+from service.configuration.signature import check_inputs, infer_config, select_outputs
+from service.tensors.errors import InvalidArgument, ModelLoadError
+from service.tensors.records import OnnxTensor, RequestedOutput, TensorHeader
 
 
 def test_symbolic_batch_is_batched() -> None:

@@ -5,14 +5,14 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from service.codec import (
+from service.frontends.grpc_codec import (
     decode_infer_request,
     encode_infer_response,
     read_headers,
 )
-from service.errors import InvalidArgument
-from service.records import TensorHeader
-from service.tensor_contents import deserialize_bytes_tensor, serialize_bytes_tensor
+from service.tensors.errors import InvalidArgument
+from service.tensors.records import TensorHeader
+from service.tensors.tensor_contents import deserialize_bytes_tensor, serialize_bytes_tensor
 from service.v2 import grpc_service_pb2 as pb
 
 

@@ -7,7 +7,7 @@ import logging
 import pytest
 from aiohttp.http_exceptions import BadHttpMessage
 
-from service.http_connections import EVERY_S, ConnectionLog
+from service.frontends.http_connections import EVERY_S, ConnectionLog
 
 
 def test_http2_at_the_rest_port_is_one_warning_per_peer_and_minute(

@@ -1,7 +1,7 @@
 """decode: auto | cpu | gpu: the choice and its honest fallback, and the device pipeline's
 plumbing (nvImageCodec, the resize graph, rows bound to pointers, device-side gathering)
 run on the CPU: nvImageCodec's CPU backend and onnxruntime's CPU provider, the same code
-that runs on CUDA (service/device_images.py)."""
+that runs on CUDA (service/images/device_decode.py)."""
 
 from __future__ import annotations
 
@@ -16,14 +16,14 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from service import device_images
-from service.batch_queue import PendingRequest, Slice, gather_inputs
-from service.device_images import DeviceImageDecoder, choose_decode, resize_graph
-from service.device_rows import DeviceRows
-from service.errors import InternalError, InvalidArgument, ModelLoadError
-from service.images import client_layout, decode_batch, read_headers
-from service.preprocess import BoundPreprocess, PreprocessSpec
-from service.runtime import CPU, CUDA
+from service.batching.batch_queue import PendingRequest, Slice, gather_inputs
+from service.images import device_decode as device_images
+from service.images.decode import client_layout, decode_batch, read_headers
+from service.images.device_decode import DeviceImageDecoder, choose_decode, resize_graph
+from service.images.preprocess import BoundPreprocess, PreprocessSpec
+from service.runtime.device_rows import DeviceRows
+from service.runtime.onnx_runner import CPU, CUDA
+from service.tensors.errors import InternalError, InvalidArgument, ModelLoadError
 from tests.onnx_models import affine
 
 
@@ -211,7 +211,7 @@ def test_host_pixels_batched_with_device_rows_are_copied_up_in_order() -> None:
 def test_the_runner_binds_device_rows_as_they_are() -> None:
     from pathlib import Path
 
-    from service.runtime import OnnxRunner
+    from service.runtime.onnx_runner import OnnxRunner
 
     pixels = np.random.default_rng(1).integers(0, 256, (2, 3, 4, 5)).astype(np.float32)
     runner = OnnxRunner(

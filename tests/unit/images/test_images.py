@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service import images
-from service.config import TensorSpec
-from service.errors import InvalidArgument
-from service.preprocess import BoundPreprocess, bind, parse_preprocessing
+from service.configuration.model_config import TensorSpec
+from service.images import decode as images
+from service.images.preprocess import BoundPreprocess, bind, parse_preprocessing
+from service.tensors.errors import InvalidArgument
 
 
 def photo_model() -> BoundPreprocess:

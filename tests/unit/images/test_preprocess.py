@@ -11,9 +11,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from service.config import TensorSpec
-from service.errors import ConfigError
-from service.preprocess import attach, bind, parse_preprocessing
+from service.configuration.model_config import TensorSpec
+from service.images.preprocess import attach, bind, parse_preprocessing
+from service.tensors.errors import ConfigError
 from tests.onnx_models import affine
 from tests.preprocessing_oracle import expected_model_input
 from tests.serving import REPO_ROOT

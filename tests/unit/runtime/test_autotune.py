@@ -1,4 +1,4 @@
-"""instances: auto — the search over core splits and batch sizes (service/autotune.py),
+"""instances: auto — the search over core splits and batch sizes (service/runtime/autotune.py),
 with fake runners whose speed is set by the test, so the choice is known in advance."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from service.autotune import Latency, Search, batch_sizes, core_splits, solo_choice
-from service.errors import ModelLoadError
-from service.scheduler import Feeds
+from service.runtime.autotune import Latency, Search, batch_sizes, core_splits, solo_choice
+from service.runtime.scheduler import Feeds
+from service.tensors.errors import ModelLoadError
 
 
 class CountingRunner:

@@ -1,4 +1,4 @@
-"""service/heap.py's arena cap, observed in glibc's own report (malloc_stats), in a fresh
+"""service/runtime/heap.py's arena cap, observed in glibc's own report (malloc_stats), in a fresh
 process so that the cap comes before its threads, as in `cnnserve serve`."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from tests.serving import REPO_ROOT
 # the others hold theirs); then glibc prints one "Arena N:" block per arena on stderr.
 PROBE = """
 import ctypes, ctypes.util, sys, threading
-from service.heap import limit_malloc_arenas
+from service.runtime.heap import limit_malloc_arenas
 print(limit_malloc_arenas(int(sys.argv[1])) if sys.argv[1] != "none" else None, flush=True)
 barrier = threading.Barrier(8)
 def work():

@@ -11,13 +11,18 @@ import numpy.typing as npt
 import onnxruntime as ort
 import pytest
 
-from service import runtime
-from service.config import DeviceRequest, DynamicBatching, ModelConfig, TensorSpec
-from service.deadlines import request_deadline
-from service.errors import InvalidArgument, ModelLoadError
-from service.runtime import CPU, CUDA, OnnxRunner, default_intra_op_threads
-from service.scheduler import Feeds
-from service.warmup import warm_up, warmup_batch_sizes
+from service.batching.deadlines import request_deadline
+from service.configuration.model_config import (
+    DeviceRequest,
+    DynamicBatching,
+    ModelConfig,
+    TensorSpec,
+)
+from service.runtime import onnx_runner as runtime
+from service.runtime.onnx_runner import CPU, CUDA, OnnxRunner, default_intra_op_threads
+from service.runtime.scheduler import Feeds
+from service.runtime.warmup import warm_up, warmup_batch_sizes
+from service.tensors.errors import InvalidArgument, ModelLoadError
 from tests import onnx_models
 
 
@@ -207,8 +212,8 @@ def test_io_binding_path_gives_the_same_outputs(batch: int) -> None:
 
 
 def test_io_binding_config_key() -> None:
-    from service.config import parse_model_overrides
-    from service.errors import ConfigError
+    from service.configuration.model_config import parse_model_overrides
+    from service.tensors.errors import ConfigError
 
     assert parse_model_overrides("m", {"io_binding": True}).io_binding is True
     assert parse_model_overrides("m", {"io_binding": "auto"}).io_binding is None

@@ -7,11 +7,11 @@ import asyncio
 import pytest
 from prometheus_client import CollectorRegistry
 
-from service.batcher import BatchPolicy, DynamicBatcher
-from service.errors import ResourceExhausted
-from service.gpu_memory import register_gpu_memory
-from service.metrics import Metrics
-from tests.unit.test_batcher import FakeRunner, rows, submit
+from service.batching.batcher import BatchPolicy, DynamicBatcher
+from service.telemetry.gpu_memory import register_gpu_memory
+from service.telemetry.metrics import Metrics
+from service.tensors.errors import ResourceExhausted
+from tests.unit.batching.test_batcher import FakeRunner, rows, submit
 from tests.waiting import until
 
 

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 from prometheus_client import CollectorRegistry
 
-from service.metrics import Metrics
+from service.telemetry.metrics import Metrics
 from tests.serving import REPO_ROOT
 
 PROMETHEUS = REPO_ROOT / "deploy" / "prometheus"
@@ -61,7 +61,7 @@ def test_dashboard_and_rules_use_only_defined_metric_names() -> None:
     rules = (PROMETHEUS / "rules" / "cnnserve.rules.yml").read_text()
     used = set(re.findall(r"\bcnnserve_[a-z_]+", dashboard + rules))
     unknown = used - defined_names()
-    assert not unknown, f"not defined in service/metrics.py: {sorted(unknown)}"
+    assert not unknown, f"not defined in service/telemetry/metrics.py: {sorted(unknown)}"
     panels = json.loads(dashboard)["panels"]
     titles = " ".join(p["title"] for p in panels)
     for needed in ("Throughput", "latency", "Queue wait", "Batch size", "Queue depth",
