@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from service.cli.hints import ShowDefaults
+from service.cli.hints import ShowDefaults, try_hint
 from service.configuration.settings import (
     ENV_PREFIX,
     SERVE_OPTIONS,
@@ -112,6 +112,12 @@ def _serve_flags(serve: argparse.ArgumentParser) -> None:
         "--ort-spinning",
         action="store_true",
         help="let onnxruntime's intra-op threads busy-wait (off by default: it starves gRPC)",
+    )
+    serve.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="share the gRPC port with other cnnserve processes (SO_REUSEPORT: the kernel "
+        "spreads connections, not requests); off, a taken port is an error",
     )
     serve.add_argument("--tls-cert", type=Path, default=_path_env("TLS_CERT"), help="PEM")
     serve.add_argument("--tls-key", type=Path, default=_path_env("TLS_KEY"), help="PEM")
@@ -236,6 +242,7 @@ def serve_settings(args: argparse.Namespace) -> ServerSettings:
     return ServerSettings(
         **values,
         ort_spinning=args.ort_spinning,
+        reuse_port=args.reuse_port,
         tls=_tls(args),
         auth_token=_auth_token(args.auth_token_file),
     )
@@ -246,6 +253,7 @@ async def _serve(settings: ServerSettings, make_scheduler: SchedulerFactory | No
 
     server = CnnserveServer(settings, make_scheduler)
     await server.start()
+    stop = _stop_on_signal()  # before the "listening" line: a SIGTERM right after it drains
     # The "listening on" line is read by tests and `make run` users: keep its format.
     print(f"cnnserve listening on {server.address}", flush=True)
     if server.http is not None:
@@ -258,42 +266,23 @@ async def _serve(settings: ServerSettings, make_scheduler: SchedulerFactory | No
         served = entry.served
         detail = f" version {served.version} on {served.runner.provider}" if served else ""
         print(f"  model {entry.name}: {state}{detail}", flush=True)
-    print(_try_hint(server), flush=True)
-    return await serve_until_signalled(server)
-
-
-def _try_hint(server: CnnserveServer) -> str:
-    """Commands that work as printed (README "First requests" runs the same ones)."""
-    from service.cli.hints import command, has_module, install_hint
-
     ready = [entry.name for entry in server.repository.entries() if entry.served is not None]
-    model = ready[0] if ready else "<model>"
-    python = command("python")
-    lines = [
-        f"  try: {command('cnnserve')} health --url {server.address}",
-        f"       {command('cnnserve')} infer --url {server.address} --model {model} image.png",
-    ]
-    client = (
-        f'       {python} -c "import tritonclient.grpc as g; '
-        f"print(g.InferenceServerClient('{server.address}').get_server_metadata())\""
-    )
-    if has_module("tritonclient"):
-        lines.append(client)
-    else:
-        lines.append(
-            f"       tritonclient (Triton's Python client): {install_hint('client', 'client')}"
-        )
-    return "\n".join(lines)
+    print(try_hint(server.address, ready), flush=True)
+    return await serve_until_signalled(server, stop)
 
 
-async def serve_until_signalled(server: CnnserveServer) -> bool:
-    """First SIGTERM/SIGINT: drain (NOT_SERVING, refuse new requests, finish the accepted
-    ones within the grace period) and return whether every accepted inference was
-    answered. A second one: exit at once, status 1."""
+def _stop_on_signal() -> asyncio.Event:
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def serve_until_signalled(server: CnnserveServer, stop: asyncio.Event) -> bool:
+    """First SIGTERM/SIGINT (`stop`): drain (NOT_SERVING, refuse new requests, finish the
+    accepted ones within the grace period) and return whether every accepted inference was
+    answered. A second one: exit at once, status 1."""
+    loop = asyncio.get_running_loop()
     await stop.wait()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, _exit_now, sig)

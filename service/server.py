@@ -152,6 +152,10 @@ class CnnserveServer:
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
+                # One server per port unless asked: grpc-core sets SO_REUSEPORT by default
+                # on Linux, so a second server on a taken port bound it silently and took a
+                # share of the connections (seen: a second `make run` beside the first).
+                ("grpc.so_reuseport", int(settings.reuse_port)),
             ],
         )
         self._servicer = InferenceServicer(self.core, is_ready=self.is_ready)
@@ -167,12 +171,18 @@ class CnnserveServer:
             pool=_reflection_pool(),
         )
         bind = f"{settings.host}:{settings.port}"
-        if settings.tls is not None:
-            self.port = server.add_secure_port(bind, server_credentials(settings.tls))
-        else:
-            self.port = server.add_insecure_port(bind)
+        try:
+            if settings.tls is not None:
+                self.port = server.add_secure_port(bind, server_credentials(settings.tls))
+            else:
+                self.port = server.add_insecure_port(bind)
+        except RuntimeError:  # grpc.aio: "Failed to bind to address ..."
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"cannot bind {self.settings.host}:{self.settings.port}")
+            raise OSError(
+                f"cannot serve gRPC on {settings.host}:{settings.port}: the address is in use "
+                "or not available (use --port; from a checkout: make run PORT=8011)"
+            )
         await server.start()
         self._server = server
         if self.metrics is not None and self.settings.metrics_port is not None:

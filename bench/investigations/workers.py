@@ -3,7 +3,7 @@ port) pay?
 
 The decision bench for issue 17's third part: the mid-size CNN (bench/midcnn.py),
 config-less, served by one cnnserve process (every core) and by two processes on the same
-port (grpc sets SO_REUSEPORT; each process pinned to one core with taskset, so each sees
+port (`--reuse-port`: SO_REUSEPORT; each process pinned to one core with taskset, so each sees
 one core and sizes itself to it). The load: 4 tritonclient.grpc.aio connections x 8
 requests in flight, batch 1, in this process (grpc balances connections, not requests, so
 one connection would reach one worker). Rounds interleaved, median.
@@ -41,7 +41,7 @@ def free_port() -> int:
 
 def start(repository: str, port: int, cpu: int | None = None) -> subprocess.Popen[str]:
     command = [sys.executable, "-m", "service", "serve", "--model-repository", repository,
-               "--port", str(port), "--no-metrics", "--no-http"]  # fmt: skip
+               "--port", str(port), "--no-metrics", "--no-http", "--reuse-port"]  # fmt: skip
     if cpu is not None:
         command = ["taskset", "-c", str(cpu), *command]
     process = subprocess.Popen(

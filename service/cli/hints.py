@@ -10,6 +10,7 @@ import importlib.util
 import os
 import shutil
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import service
@@ -60,3 +61,24 @@ class ShowDefaults(argparse.HelpFormatter):
         if "default" in text:
             return text
         return f"{text} (default: %(default)s)".lstrip()
+
+
+def try_hint(address: str, ready_models: Sequence[str]) -> str:
+    """What `cnnserve serve` prints to try next, in forms that run as printed (README
+    "First requests" runs the same ones)."""
+    model = ready_models[0] if ready_models else "<model>"
+    cnnserve = command("cnnserve")
+    lines = [
+        f"  try: {cnnserve} health --url {address}",
+        f"       {cnnserve} infer --url {address} --model {model} image.png",
+    ]
+    if has_module("tritonclient"):
+        lines.append(
+            f'       {command("python")} -c "import tritonclient.grpc as g; '
+            f"print(g.InferenceServerClient('{address}').get_server_metadata())\""
+        )
+    else:
+        lines.append(
+            f"       tritonclient (Triton's Python client): {install_hint('client', 'client')}"
+        )
+    return "\n".join(lines)

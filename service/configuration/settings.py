@@ -77,6 +77,9 @@ class ServerSettings:
     http_port: int | None = 8000  # KServe v2 REST; 0 = any free port; None = off
     event_loop: EventLoop = EventLoop.AUTO
     ort_spinning: bool = False  # onnxruntime intra-op threads busy-wait (bench/README.md)
+    # Share the gRPC port with other cnnserve processes (SO_REUSEPORT; the kernel spreads
+    # connections). Off: a taken port is an error, not a silent share.
+    reuse_port: bool = False
     model_control_mode: ControlMode = ControlMode.NONE
     poll_interval_s: float = 15.0  # poll mode: seconds between repository rescans
     # gRPC limits both ways; a bigger message is refused with RESOURCE_EXHAUSTED. 64 MiB

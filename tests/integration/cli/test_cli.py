@@ -169,6 +169,55 @@ def test_a_busy_port_is_a_clear_error_with_the_make_run_form(flag: str, what: st
     assert "Traceback" not in result.stderr
 
 
+def test_a_grpc_port_another_server_holds_is_refused() -> None:
+    """grpc-core enables SO_REUSEPORT by default: without turning it off, a second server
+    on the port of a running one (here a grpc server in this process, with the defaults)
+    bound it too and shared its connections."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+
+    holder = grpc.server(ThreadPoolExecutor(1))
+    port = holder.add_insecure_port("127.0.0.1:0")
+    holder.start()
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "service", "serve", "--model-repository", str(EXAMPLE_MODELS),
+             "--port", str(port), "--http-port", "0", "--metrics-port", "0"],
+            cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        holder.stop(None)
+    assert result.returncode == 1
+    assert f"cannot serve gRPC on 127.0.0.1:{port}: the address is in use" in result.stderr
+    assert "make run PORT=" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_reuse_port_lets_two_servers_share_the_grpc_port() -> None:
+    """What --workers will build on, and bench.investigations.workers uses."""
+
+    def serve(port: int) -> tuple[subprocess.Popen[str], int]:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service", "serve", "--model-repository", str(EXAMPLE_MODELS),
+             "--port", str(port), "--no-http", "--no-metrics", "--reuse-port"],
+            cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )  # fmt: skip
+        assert process.stdout is not None
+        for line in process.stdout:
+            if line.startswith("cnnserve listening on "):
+                return process, int(line.rsplit(":", 1)[1])
+        raise AssertionError(f"the server exited ({process.wait()}) before listening")
+
+    first, port = serve(0)
+    try:
+        second, shared = serve(port)
+        second.terminate()
+        assert second.wait(timeout=60) == 0 and shared == port
+    finally:
+        first.terminate()
+        first.wait(timeout=60)
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
