@@ -142,6 +142,24 @@ class CnnserveServer:
         port = self.http.port if self.http is not None else 0
         return f"{scheme}://{self.settings.host}:{port}"
 
+    def _bind(self, server: grpc.aio.Server) -> int:
+        settings = self.settings
+        bind = f"{settings.host}:{settings.port}"
+        port = 0
+        try:
+            if settings.tls is not None:
+                port = server.add_secure_port(bind, server_credentials(settings.tls))
+            else:
+                port = server.add_insecure_port(bind)
+        except RuntimeError:  # grpc.aio: "Failed to bind to address ..."
+            pass
+        if port == 0:
+            raise OSError(
+                f"cannot serve gRPC on {bind}: the address is in use or not available (use "
+                "--port; from a checkout: make run PORT=8011)"
+            )
+        return port
+
     async def _start_serving(self) -> None:
         settings = self.settings
         limit = settings.max_message_bytes
@@ -170,19 +188,7 @@ class CnnserveServer:
             server,
             pool=_reflection_pool(),
         )
-        bind = f"{settings.host}:{settings.port}"
-        try:
-            if settings.tls is not None:
-                self.port = server.add_secure_port(bind, server_credentials(settings.tls))
-            else:
-                self.port = server.add_insecure_port(bind)
-        except RuntimeError:  # grpc.aio: "Failed to bind to address ..."
-            self.port = 0
-        if self.port == 0:
-            raise OSError(
-                f"cannot serve gRPC on {settings.host}:{settings.port}: the address is in use "
-                "or not available (use --port; from a checkout: make run PORT=8011)"
-            )
+        self.port = self._bind(server)
         await server.start()
         self._server = server
         if self.metrics is not None and self.settings.metrics_port is not None:
