@@ -324,8 +324,9 @@ class DynamicBatcher:
             if not batch:
                 continue  # only expired or cancelled requests were at the head
             self._idle.remove(instance)
-            rows = sum(part.rows for part in batch)
-            self._recent_rows += RECENT_ROWS_WEIGHT * (rows - self._recent_rows)
+            if self._solo is not None:  # only the solo instance's choice reads it
+                rows = sum(part.rows for part in batch)
+                self._recent_rows += RECENT_ROWS_WEIGHT * (rows - self._recent_rows)
             self._execution.run(instance, batch, now)
 
     def _free_instance(self) -> InstanceThread | None:

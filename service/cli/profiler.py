@@ -143,11 +143,9 @@ async def closed_loop(
         elapsed = time.perf_counter() - began
         stop = True
         await asyncio.gather(*tasks)
-    p50, p99 = (
-        (float(np.percentile(latencies, q)) * 1e3 for q in (50, 99))
-        if latencies
-        else (float("inf"), float("inf"))
-    )
+    if not latencies:
+        return Level(concurrency, 0.0, float("inf"), errors)
+    p50, p99 = (float(q) * 1e3 for q in np.percentile(latencies, [50, 99]))
     return Level(concurrency, len(latencies) / elapsed, p99, errors, p50)
 
 

@@ -41,7 +41,7 @@ def model_config_message(model: ServedModel) -> mc.ModelConfig:
     gpu = model.runner.device_label == "cuda"
     message.instance_group.add(
         name=f"{config.name}_0",
-        count=len(model.runners) - config.solo_instance,  # the solo instance is not a group
+        count=model.instance_count,
         kind=mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU,
     )
     if config.batched:
@@ -104,7 +104,7 @@ def metadata_parameters(model: ServedModel) -> dict[str, ParamValue]:
         "execution_provider": model.runner.provider,
         "device": model.runner.device_label,
         "max_batch_size": model.config.max_batch_size,
-        "instances": len(model.runners) - model.config.solo_instance,
+        "instances": model.instance_count,
         "intra_op_threads": model.runner.intra_op_threads,
         # instances: auto: what the timing at load chose and from what (or why it did not
         # time); else the config.

@@ -24,13 +24,12 @@ fewer instances. The runners of the winner are kept and served; the others are c
 
 Throughput is not the whole answer: the winner is chosen for a deep queue, and on a quiet
 service one batch runs on one of its instances, with that instance's share of the cores
-(measured: ResNet-18 at batch 1, 40 ms on 2 x 1 thread against 23 ms on 1 x 2). So each
-split's batch-1 latency is timed too (one run at a time, the median), and when a split with
-more threads per run answers a lone batch at least SOLO_GAIN faster than the winner's
+(ResNet-18 at batch 1, timed here: 24-25 ms on one of 2 x 1 thread, 13 ms on 1 x 2). So
+each split's batch-1 latency is timed too (one run at a time, the median), and when a split
+with more threads per run answers a lone batch at least SOLO_GAIN faster than the winner's
 instances do (and by SOLO_MIN_GAIN_S), one session of that split is kept as well: the solo
-instance. The batcher
-runs a batch on it when that batch is all the work there is and every other instance is
-idle, and never beside them (service/batching/batcher.py), so the cores are never oversubscribed.
+instance. The batcher runs a batch on it only when the service is quiet, and never beside
+the other instances (service/batching/batcher.py), so the cores are never oversubscribed.
 Its cost is one more session (a second copy of the weights, and an arena as large as the
 batches it ran), never more than one.
 """
@@ -134,7 +133,7 @@ def solo_choice(latencies: Sequence[Latency], winner_threads: int) -> int | None
     """The thread count of the solo instance to keep beside the winner, or None: the split
     with the fastest lone batch, when it beats the winner's own by SOLO_GAIN."""
     deep = next((t.batch1_s for t in latencies if t.threads == winner_threads), None)
-    if deep is None or not latencies:
+    if deep is None:  # also when nothing was timed
         return None
     fastest = min(latencies, key=lambda t: t.batch1_s)
     if fastest.threads == winner_threads or deep < fastest.batch1_s * SOLO_GAIN:

@@ -60,9 +60,9 @@ def limit_malloc_arenas(count: int = SERVING_ARENAS) -> bool:
     before the server starts its threads. By default glibc gives threads up to 8 arenas per
     core; every thread that loads, warms or runs a version parks freed pages in its own, and
     `malloc_trim` returned them unevenly: with 100 reloads of a 24 MiB CNN the RSS with
-    nothing loaded wandered between 115 and 325 MiB over the run (fitted slope +0.24 to
-    +0.93 MiB per reload); with 2 arenas it stayed at 126-148 MiB (+0.125), and the served
-    median fell from 232 to 179 MiB (bench/README.md, "memory"). False where the C library
+    nothing loaded wandered between 115 and 193 MiB over the run (fitted slope +0.236 MiB
+    per reload); with the cap here it stayed at 106-108 MiB (+0.009), and the served median
+    fell from 232 to 160 MiB (bench/README.md, "memory"). False where the C library
     has no such setting or the environment set it."""
     if "MALLOC_ARENA_MAX" in os.environ:
         return False

@@ -67,6 +67,11 @@ class ServedModel:
         """The first instance: all instances share device and provider."""
         return self.runners[0]
 
+    @property
+    def instance_count(self) -> int:
+        """The instances that share the load: a solo instance (the last runner) is not one."""
+        return len(self.runners) - self.config.solo_instance
+
     async def start(self) -> None:
         """Start the decode threads and the scheduler; if that fails, release them."""
         try:
