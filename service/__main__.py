@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from service.cli.hints import ShowDefaults, try_hint
+from service.cli.profile_command import add_profile_parser
 from service.configuration.settings import (
     ENV_PREFIX,
     SERVE_OPTIONS,
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from service.cli.client import ClientSecurity
     from service.server import CnnserveServer
     from service.serving.loader import SchedulerFactory
+    from service.workers.link import WorkerLink
 
 log = logging.getLogger("cnnserve")
 
@@ -159,60 +161,6 @@ def _client_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser
     _client_security_flags(health)
 
 
-def _profile_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    profile = commands.add_parser(
-        "profile",
-        formatter_class=ShowDefaults,
-        help="measure served settings of one model and write the best config.yaml",
-        description="Sweeps instances x max_batch_size x max_queue_delay_us on a scratch "
-        "server (or measures --url as it is) with a closed-loop load; writes config.yaml, "
-        "profile.md and profile.png to --out. Ctrl-C leaves the partial table.",
-    )
-    profile.add_argument("--model", required=True, help="model name")
-    where = profile.add_mutually_exclusive_group(required=True)
-    where.add_argument("--model-repository", type=Path, help="profile on a scratch server")
-    where.add_argument("--url", help="host:port of a running server: measure it as it is")
-    profile.add_argument("--concurrency", default="1,8,32", help="requests in flight")
-    profile.add_argument("--latency-budget-ms", type=float, default=None, help="p99 bound")
-    profile.add_argument("--seconds", type=float, default=3.0, help="per concurrency level")
-    profile.add_argument("--instances", default=None, help="default: 1 and the core count")
-    profile.add_argument("--max-batch-sizes", default="1,8,32", help="settings swept")
-    profile.add_argument("--queue-delays-us", default="0,1000", help="settings swept")
-    profile.add_argument("--out", type=Path, default=Path("profile"), help="output folder")
-    profile.add_argument("--time-limit", type=float, default=600.0, help="seconds, at most")
-
-
-def _profile_command(args: argparse.Namespace) -> int:
-    """`profile`: exit 0 with a config written, 2 usage, 1 failure, 130 interrupted."""
-    from service.cli.client import UsageError
-    from service.cli.profiler import Sweep, parse_list, profile_repository, profile_running
-    from service.runtime.onnx_runner import default_intra_op_threads
-
-    budget = args.latency_budget_ms
-    if args.seconds <= 0 or args.time_limit <= 0 or (budget is not None and budget <= 0):
-        raise UsageError("--seconds, --time-limit and --latency-budget-ms must be > 0")
-    cores = default_intra_op_threads(1)
-    sweep = Sweep(
-        model=args.model,
-        concurrency=tuple(parse_list(args.concurrency, "concurrency", 1)),
-        seconds=args.seconds,
-        latency_budget_ms=budget,
-        out=args.out,
-        instances=tuple(parse_list(args.instances or f"1,{cores}", "instances", 1)),
-        max_batch_sizes=tuple(parse_list(args.max_batch_sizes, "max-batch-sizes", 1)),
-        queue_delays_us=tuple(parse_list(args.queue_delays_us, "queue-delays-us", 0)),
-        time_limit_s=args.time_limit,
-    )
-    try:
-        if args.url:
-            profile_running(args.url, sweep)
-        else:
-            profile_repository(args.model_repository, sweep)
-    except KeyboardInterrupt:
-        return 130
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     """Raises SettingError for a CNNSERVE_* variable that does not parse."""
     parser = argparse.ArgumentParser(prog="cnnserve", description=__doc__)
@@ -222,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _serve_flags(serve)
     _client_parsers(commands)
-    _profile_parser(commands)
+    add_profile_parser(commands)
     commands.add_parser(
         "export",
         help="train and export models (needs the export extra: make export-deps in a "
@@ -248,27 +196,53 @@ def serve_settings(args: argparse.Namespace) -> ServerSettings:
     )
 
 
-async def _serve(settings: ServerSettings, make_scheduler: SchedulerFactory | None = None) -> bool:
+async def _serve(
+    settings: ServerSettings,
+    make_scheduler: SchedulerFactory | None = None,
+    link: WorkerLink | None = None,
+) -> bool:
+    """Serve until signalled; True when every accepted inference was answered. With `link`,
+    as one worker of a `--workers` supervisor (service/workers/)."""
     from service.server import CnnserveServer
+    from service.workers.fleet_client import SupervisorFleet
 
-    server = CnnserveServer(settings, make_scheduler)
-    await server.start()
-    stop = _stop_on_signal()  # before the "listening" line: a SIGTERM right after it drains
+    fleet = SupervisorFleet(link) if link is not None else None
+    try:
+        server = CnnserveServer(settings, make_scheduler, fleet=fleet)
+        await server.start()
+        stop = _stop_on_signal()  # before the "listening" line: a SIGTERM right after it drains
+        if fleet is None:
+            for line in _banner(server):
+                print(line, flush=True)
+            return await serve_until_signalled(server, stop)
+        assert server.http is not None and server.http.worker_port is not None
+        await fleet.register(
+            pid=os.getpid(),
+            worker_port=server.http.worker_port,
+            metrics_port=server.metrics_port,
+            banner=_banner(server),  # the supervisor prints it, once for all its workers
+        )
+        return await serve_until_signalled(server, stop, announce=log.info, worker=True)
+    finally:
+        if fleet is not None:
+            await fleet.aclose()
+
+
+def _banner(server: CnnserveServer) -> list[str]:
     # The "listening on" line is read by tests and `make run` users: keep its format.
-    print(f"cnnserve listening on {server.address}", flush=True)
-    if server.http is not None:
-        print(f"  KServe v2 REST on {server.http_url}", flush=True)
-    if server.metrics_port is not None:
-        host = settings.host
-        print(f"  metrics on http://{host}:{server.metrics_port}/metrics", flush=True)
+    lines = [f"cnnserve listening on {server.address}"]
+    if server.http is not None and server.settings.http_port is not None:
+        lines.append(f"  KServe v2 REST on {server.http_url}")
+    if server.metrics_port is not None and server.fleet is None:
+        lines.append(f"  metrics on http://{server.settings.host}:{server.metrics_port}/metrics")
     for entry in server.repository.entries():
         state = entry.state.value + (f" ({entry.reason})" if entry.reason else "")
         served = entry.served
         detail = f" version {served.version} on {served.runner.provider}" if served else ""
-        print(f"  model {entry.name}: {state}{detail}", flush=True)
+        lines.append(f"  model {entry.name}: {state}{detail}")
     ready = [entry.name for entry in server.repository.entries() if entry.served is not None]
-    print(try_hint(server.address, ready), flush=True)
-    return await serve_until_signalled(server, stop)
+    lines.append(try_hint(server.address, ready))
+    return lines
 
 
 def _stop_on_signal() -> asyncio.Event:
@@ -278,22 +252,33 @@ def _stop_on_signal() -> asyncio.Event:
     return stop
 
 
-async def serve_until_signalled(server: CnnserveServer, stop: asyncio.Event) -> bool:
+async def serve_until_signalled(
+    server: CnnserveServer,
+    stop: asyncio.Event,
+    announce: Callable[[str], object] = print,
+    worker: bool = False,
+) -> bool:
     """First SIGTERM/SIGINT (`stop`): drain (NOT_SERVING, refuse new requests, finish the
     accepted ones within the grace period) and return whether every accepted inference was
     answered. A second one: exit at once, status 1."""
     loop = asyncio.get_running_loop()
     await stop.wait()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, _exit_now, sig)
+        # A worker's signals come from its supervisor, and may come twice (the
+        # supervisor's and a group-wide `kill`): it drains; the supervisor escalates.
+        loop.add_signal_handler(sig, _still_draining if worker else _exit_now, sig)
     log.info("signal received: draining (a second signal exits at once)")
     drained = await server.aclose()
     # The exit status tells the operator (and the Pod's last state) whether work was cut off.
     if drained:
-        print("cnnserve stopped: every accepted inference was answered", flush=True)
+        announce("cnnserve stopped: every accepted inference was answered")
     else:
-        print("cnnserve stopped: the grace period ended with inferences running", flush=True)
+        announce("cnnserve stopped: the grace period ended with inferences running")
     return drained
+
+
+def _still_draining(sig: signal.Signals) -> None:
+    log.info("%s while draining: still draining (the supervisor's second signal kills)", sig.name)
 
 
 def _exit_now(sig: signal.Signals) -> None:
@@ -327,23 +312,43 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     if args.command == "serve":
-        settings = serve_settings(args)
-        limit_malloc_arenas()  # before any thread: a reload leaves memory where it was
-        try:
-            with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
-                drained = runner.run(_serve(settings))
-        except OSError as exc:  # a port in use, an unreadable repository
-            print(f"cnnserve: {exc}", file=sys.stderr)
-            return 1
-        except CnnserveError as exc:  # e.g. an unreadable TLS certificate
-            print(f"cnnserve: {exc.message}", file=sys.stderr)
-            return 1
-        return 0 if drained else 1
+        return _serve_command(serve_settings(args), args_list)
     if args.command in ("health", "infer"):
         return _one_line_errors(args.command, lambda: _client_command(args))
     if args.command == "profile":
-        return _one_line_errors(args.command, lambda: _profile_command(args))
+        from service.cli.profile_command import profile_command
+
+        return _one_line_errors(args.command, lambda: profile_command(args))
     return 2
+
+
+def _serve_command(settings: ServerSettings, argv: list[str]) -> int:
+    """`serve`: exit 0 when every accepted inference was answered, 1 otherwise."""
+    from service.workers.link import WorkerLink, die_with_supervisor, worker_settings
+
+    link = WorkerLink.from_env(os.environ)
+    if link is not None:  # a worker of a --workers supervisor
+        die_with_supervisor(link)
+        settings = worker_settings(settings, link)
+    elif settings.workers > 1:
+        from service.workers.supervisor import supervise
+
+        try:  # the supervisor serves no inference: the default loop is enough
+            return asyncio.run(supervise(settings, argv))
+        except OSError as exc:  # a port in use
+            print(f"cnnserve: {exc}", file=sys.stderr)
+            return 1
+    limit_malloc_arenas()  # before any thread: a reload leaves memory where it was
+    try:
+        with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
+            drained = runner.run(_serve(settings, link=link))
+    except OSError as exc:  # a port in use, an unreadable repository
+        print(f"cnnserve: {exc}", file=sys.stderr)
+        return 1
+    except CnnserveError as exc:  # e.g. an unreadable TLS certificate
+        print(f"cnnserve: {exc.message}", file=sys.stderr)
+        return 1
+    return 0 if drained else 1
 
 
 def _one_line_errors(command: str, run: Callable[[], int]) -> int:

@@ -25,6 +25,7 @@ from service.configuration.settings import ControlMode, ServerSettings
 from service.frontends.grpc_api import InferenceServicer, add_to_server
 from service.frontends.http_api import HttpFrontEnd
 from service.frontends.security import BearerTokenInterceptor, server_credentials
+from service.serving.fleet import Fleet
 from service.serving.inference import InferenceCore
 from service.serving.loader import SchedulerFactory, VersionLoader, scheduler_factory
 from service.serving.poller import RepositoryPoller
@@ -61,8 +62,10 @@ class CnnserveServer:
         settings: ServerSettings,
         make_scheduler: SchedulerFactory | None = None,
         registry: CollectorRegistry | None = None,
+        fleet: Fleet | None = None,
     ) -> None:
         self.settings = settings
+        self.fleet = fleet  # a worker of `--workers N` (service/workers/)
         # Metrics are off only when asked (--no-metrics); the registry is injected so tests
         # and embedders can read it without a process-wide global.
         self.metrics: Metrics | None = None
@@ -85,7 +88,7 @@ class CnnserveServer:
         )
         self.poller = RepositoryPoller(self.repository)
         # The request path both front ends share (lease, drain, deadline, metrics).
-        self.core = InferenceCore(self.repository, self.metrics)
+        self.core = InferenceCore(self.repository, self.metrics, fleet)
         self._poller: asyncio.Task[None] | None = None
         self._servicer: InferenceServicer | None = None
         self.http: HttpFrontEnd | None = None
@@ -107,6 +110,8 @@ class CnnserveServer:
     async def start(self) -> None:
         await self.repository.load_all()
         try:
+            if self.fleet is not None:  # serve what the other workers serve
+                await self.fleet.join(self.repository)
             await self._start_http()
             await self._start_serving()
         except BaseException:
@@ -118,8 +123,8 @@ class CnnserveServer:
     async def _start_http(self) -> None:
         """The KServe v2 REST front end on the same loop and core (--http-port)."""
         settings = self.settings
-        if settings.http_port is None:
-            return
+        if settings.http_port is None and self.fleet is None:
+            return  # a worker always has its own loopback REST port: its supervisor's way in
         self.http = HttpFrontEnd(
             self.core,
             is_ready=self.is_ready,
@@ -127,6 +132,7 @@ class CnnserveServer:
             max_body_bytes=settings.max_message_bytes,
             tls=settings.tls,
             auth_token=settings.auth_token,
+            reuse_port=settings.reuse_port,
         )
         try:
             await self.http.start(settings.host, settings.http_port)
@@ -194,7 +200,10 @@ class CnnserveServer:
         if self.metrics is not None and self.settings.metrics_port is not None:
             try:
                 http, thread = start_http_server(
-                    self.settings.metrics_port, self.settings.host, registry=self.metrics.registry
+                    self.settings.metrics_port,
+                    # a worker's metrics are read by its supervisor, which serves the port
+                    "127.0.0.1" if self.fleet is not None else self.settings.host,
+                    registry=self.metrics.registry,
                 )
             except OSError as exc:
                 await server.stop(None)

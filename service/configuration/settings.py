@@ -89,6 +89,8 @@ class ServerSettings:
     autotune_budget_s: float = 2.0
     # Encoded images: the pixels all rows of one request may declare (ten 12 MP photos).
     max_decode_pixels: int = 120_000_000
+    # Server processes on the same ports (service/workers/): 1 = this process serves.
+    workers: int = 1
     tls: TlsSettings | None = None
     auth_token: str | None = field(default=None, repr=False)  # never logged
 
@@ -109,6 +111,41 @@ def positive_seconds(text: str) -> float:
             "in the model's config.yaml"
         )
     return value
+
+
+def worker_count(text: str) -> int:
+    """--workers: a positive number, or `auto` (one worker per WORKER_CORES cores)."""
+    if text == "auto":
+        return auto_workers(available_cores())
+    try:
+        value = int(text)
+    except ValueError:
+        message = f"expected a number of workers or auto, got {text!r}"
+        raise argparse.ArgumentTypeError(message) from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 (or auto), got {value}")
+    return value
+
+
+# `--workers auto`: one worker per WORKER_CORES cores. Each worker spends about a core on its
+# event loop and gRPC threads; the rest of its share runs onnxruntime. Measured on 2 cores
+# (bench/README.md, workers): 2 workers served less than 1, so below 2 x WORKER_CORES it is 1.
+WORKER_CORES = 4
+
+
+def auto_workers(cores: int) -> int:
+    return max(1, cores // WORKER_CORES)
+
+
+def available_cores() -> int:
+    """The cores this process sizes itself to: CNNSERVE_CORES when a supervisor gave this
+    worker its share, else the CPUs it may run on."""
+    share = os.environ.get(ENV_PREFIX + "CORES")
+    if share:
+        return max(1, int(share))
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def on_off(text: str) -> bool:
@@ -160,6 +197,9 @@ SERVE_OPTIONS: tuple[Option, ...] = (
            "instances: auto: seconds of timing per model load"),
     Option("max_decode_pixels", "--max-decode-pixels", "MAX_DECODE_PIXELS", int,
            "encoded images: pixels all rows of one request may declare"),
+    Option("workers", "--workers", "WORKERS", worker_count,
+           "server processes sharing the ports (SO_REUSEPORT); auto = one per "
+           f"{WORKER_CORES} cores"),
 )  # fmt: skip
 
 

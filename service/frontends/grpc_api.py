@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 
 from service import __version__
@@ -225,6 +226,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.ModelStatisticsResponse:
         if request.name:
             self._repository.get(request.name, request.version)  # NOT_FOUND if unknown
+        fleet = self._core.fleet
+        if fleet is not None:  # every worker's, summed
+            summed = await fleet.statistics(request.name, request.version)
+            return json_format.ParseDict(summed, pb.ModelStatisticsResponse())
         return statistics_response(self._metrics, request.name, request.version)
 
     @_boundary
@@ -233,7 +238,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.RepositoryIndexResponse:
         _check_repository_name(request.repository_name)
         response = pb.RepositoryIndexResponse()
-        for row in self._repository.index(ready_only=request.ready):
+        fleet = self._core.fleet
+        rows = (
+            self._repository.index(ready_only=request.ready)
+            if fleet is None
+            else await fleet.index(ready_only=request.ready)  # agreed across the workers
+        )
+        for row in rows:
             response.models.add(
                 name=row.name, version=row.version, state=row.state.value, reason=row.reason
             )
@@ -248,7 +259,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._repository.control_mode.require_explicit("load")
         if self._core.draining:
             raise Unavailable("the server is shutting down")
-        await self._repository.load(request.model_name)
+        fleet = self._core.fleet
+        await (fleet or self._repository).load(request.model_name)
         return pb.RepositoryModelLoadResponse()
 
     @_boundary
@@ -258,7 +270,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         _check_repository_name(request.repository_name)
         _refuse_parameters("RepositoryModelUnload", request.parameters)
         self._repository.control_mode.require_explicit("unload")
-        await self._repository.unload(request.model_name)
+        await (self._core.fleet or self._repository).unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
 

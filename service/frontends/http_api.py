@@ -26,6 +26,7 @@ from service import __version__
 from service.configuration.settings import TlsSettings, read_tls_file
 from service.frontends.http_codec import HEADER_LENGTH, decode_infer, encode_infer, split_body
 from service.frontends.http_connections import ConnectionLog
+from service.frontends.http_status import error_response
 from service.frontends.triton_config import (
     EXTENSIONS,
     SERVER_NAME,
@@ -33,8 +34,10 @@ from service.frontends.triton_config import (
     model_config_message,
     statistics_response,
 )
+from service.serving.fleet import Fleet
 from service.serving.inference import InferenceCore
 from service.serving.model import ServedModel
+from service.serving.repository import ModelRepository
 from service.telemetry.metrics import Metrics
 from service.tensors.errors import CnnserveError, Code, ConfigError, InvalidArgument, Unavailable
 from service.tensors.records import DecodedRequest, NamedOutputs
@@ -42,23 +45,8 @@ from service.tensors.records import DecodedRequest, NamedOutputs
 log = logging.getLogger(__name__)
 
 HTTP_EXTENSIONS = sorted(("binary_tensor_data", *EXTENSIONS))
-STATUS = {
-    Code.INVALID_ARGUMENT: 400,
-    Code.FAILED_PRECONDITION: 400,
-    Code.UNAUTHENTICATED: 401,
-    Code.NOT_FOUND: 404,
-    Code.RESOURCE_EXHAUSTED: 429,
-    Code.INTERNAL: 500,
-    Code.UNAVAILABLE: 503,
-    Code.DEADLINE_EXCEEDED: 504,
-    Code.CANCELLED: 499,
-}
 OPEN_PATHS = ("/v2/health/",)  # probes need no token, as gRPC health
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def error_response(code: Code, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=STATUS.get(code, 500))
 
 
 @web.middleware
@@ -148,17 +136,22 @@ class HttpFrontEnd:
         max_body_bytes: int,
         tls: TlsSettings | None = None,
         auth_token: str | None = None,
+        reuse_port: bool = False,
     ) -> None:
         self._core = core
         self._repository = core.repository
         self._is_ready = is_ready
         self._metrics = metrics
         self._tls = tls
+        self._reuse_port = reuse_port
         middlewares = [_errors] + ([_token_check(auth_token)] if auth_token else [])
         self.app = web.Application(client_max_size=max_body_bytes, middlewares=middlewares)
         self._routes()
         self._runner: web.AppRunner | None = None
         self.port = 0
+        # A worker's own loopback port (the supervisor's way to reach this worker, not the
+        # shared one): repository calls arriving there act here only, never fan out.
+        self.worker_port: int | None = None
 
     def _routes(self) -> None:
         get, post = self.app.router.add_get, self.app.router.add_post
@@ -176,7 +169,8 @@ class HttpFrontEnd:
             get(base + "/stats", self.statistics)
             post(base + "/infer", self.infer)
 
-    async def start(self, host: str, port: int) -> int:
+    async def start(self, host: str, port: int | None) -> int:
+        """Bind `host:port` (None: only a worker's own loopback port); the bound port."""
         self._runner = web.AppRunner(
             self.app,
             access_log=None,
@@ -184,12 +178,26 @@ class HttpFrontEnd:
             logger=ConnectionLog(logging.getLogger("aiohttp.server")),  # gRPC at this port
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, ssl_context=self._ssl_context())
-        await site.start()
-        server = site._server
-        assert server is not None and server.sockets  # type: ignore[attr-defined]
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        if port is not None:
+            site = web.TCPSite(
+                self._runner,
+                host,
+                port,
+                ssl_context=self._ssl_context(),
+                reuse_port=self._reuse_port or None,  # workers of --workers share the port
+            )
+            self.port = await _started(site)
+        if self._core.fleet is not None:  # plain HTTP on loopback, token still checked
+            self.worker_port = await _started(web.TCPSite(self._runner, "127.0.0.1", 0))
         return self.port
+
+    def _fleet_wide(self, request: web.Request) -> bool:
+        """Whether a repository call spans every worker: yes, unless it arrived on this
+        worker's own port (the supervisor asking this worker)."""
+        if self._core.fleet is None:
+            return False
+        sockname = request.transport.get_extra_info("sockname") if request.transport else None
+        return sockname is None or sockname[1] != self.worker_port
 
     def _ssl_context(self) -> ssl.SSLContext | None:
         if self._tls is None:
@@ -269,6 +277,9 @@ class HttpFrontEnd:
         version = request.match_info.get("version", "")
         if name:
             self._repository.get(name, version)  # 404 if unknown
+        if self._fleet_wide(request):
+            assert self._core.fleet is not None
+            return web.json_response(await self._core.fleet.statistics(name, version))
         return web.json_response(_json(statistics_response(self._metrics, name, version)))
 
     async def infer(self, request: web.Request) -> web.Response:
@@ -307,7 +318,12 @@ class HttpFrontEnd:
     async def repository_index(self, request: web.Request) -> web.Response:
         document = await _optional_json(request)
         ready_only = document.get("ready", False) is True
-        rows = self._repository.index(ready_only=ready_only)
+        fleet = self._core.fleet if self._fleet_wide(request) else None
+        rows = (
+            self._repository.index(ready_only=ready_only)
+            if fleet is None
+            else await fleet.index(ready_only=ready_only)
+        )
         return web.json_response(
             [
                 {"name": r.name, "version": r.version, "state": r.state.value, "reason": r.reason}
@@ -325,13 +341,26 @@ class HttpFrontEnd:
         self._repository.control_mode.require_explicit("load")
         if self._core.draining:
             raise Unavailable("the server is shutting down")
-        await self._repository.load(request.match_info["model"])
+        await self._control(request).load(request.match_info["model"])
         return web.json_response({})
 
     async def unload(self, request: web.Request) -> web.Response:
         self._repository.control_mode.require_explicit("unload")
-        await self._repository.unload(request.match_info["model"])  # unknown: 404
+        await self._control(request).unload(request.match_info["model"])  # unknown: 404
         return web.json_response({})
+
+    def _control(self, request: web.Request) -> Fleet | ModelRepository:
+        fleet = self._core.fleet
+        return fleet if fleet is not None and self._fleet_wide(request) else self._repository
+
+
+async def _started(site: web.TCPSite) -> int:
+    """Start `site`; its bound port (0 asks for any free one)."""
+    await site.start()
+    server = site._server
+    assert server is not None and server.sockets  # type: ignore[attr-defined]
+    port: int = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+    return port
 
 
 async def _optional_json(request: web.Request) -> dict[str, Any]:

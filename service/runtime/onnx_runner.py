@@ -9,7 +9,6 @@ we asked for. `run` is synchronous and is only ever called from an instance thre
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import onnxruntime as ort
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument as OrtInvalidArgument
 
 from service.configuration.model_config import DeviceRequest
+from service.configuration.settings import available_cores
 from service.runtime.device_rows import DeviceRows
 from service.runtime.scheduler import Feeds
 from service.tensors.errors import InternalError, InvalidArgument, ModelLoadError
@@ -56,8 +56,7 @@ def provider_list(
 
 def default_intra_op_threads(instances: int) -> int:
     """Divide the cores among instances so concurrent runs do not oversubscribe the CPU."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, (cores or 1) // max(1, instances))
+    return max(1, available_cores() // max(1, instances))
 
 
 class OnnxRunner:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from service.batching.deadlines import TIMEOUT_PARAMETER, request_deadline
+from service.serving.fleet import Fleet
 from service.serving.model import ServedModel
 from service.serving.repository import ModelRepository
 from service.telemetry.metrics import UNKNOWN_MODEL, Metrics
@@ -25,9 +26,16 @@ Encode = Callable[[ServedModel, DecodedRequest, NamedOutputs], Answer]
 class InferenceCore:
     """One per server: the front ends call `infer`; the server calls `drain`/`quiesce`."""
 
-    def __init__(self, repository: ModelRepository, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        repository: ModelRepository,
+        metrics: Metrics | None = None,
+        fleet: Fleet | None = None,
+    ) -> None:
         self.repository = repository
         self.metrics = metrics
+        # A worker of `--workers N`: repository control and statistics span every worker.
+        self.fleet = fleet
         self.draining = False
         self._in_flight = 0
         self._idle = asyncio.Event()

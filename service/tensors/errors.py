@@ -95,3 +95,12 @@ class ModelLoadError(CnnserveError):
     """A model file could not be loaded; the model is reported not ready with this reason."""
 
     code = Code.UNAVAILABLE
+
+
+class RemoteError(CnnserveError):
+    """A failure another cnnserve process answered with (a worker, through the supervisor),
+    carrying that answer's status code."""
+
+    def __init__(self, message: str, code: Code) -> None:
+        super().__init__(message)
+        self.code = code
