@@ -188,6 +188,8 @@ class Supervisor:
         while True:
             began = time.monotonic()
             process = self._processes[slot] = await self._spawn(slot)
+            if self._stopping.is_set():  # signalled while it was being started
+                process.send_signal(signal.SIGTERM)
             status = await process.wait()
             if slot in self.fleet.workers:
                 self._served.add(slot)

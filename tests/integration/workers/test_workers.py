@@ -217,3 +217,20 @@ def test_more_workers_than_cores_is_allowed_and_warned(repository: Path) -> None
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=120) == 0
     assert "more workers than cores" in process.stderr.read()
+
+
+def test_in_poll_mode_every_worker_picks_up_a_new_model(tmp_path: Path) -> None:
+    shutil.copytree(EXAMPLE_MODELS / "digits", tmp_path / "digits")
+    supervisor = start(tmp_path, "--model-control-mode", "poll", "--poll-interval", "0.2")
+    try:
+        shutil.copytree(EXAMPLE_MODELS / "digits", tmp_path / "digits2")
+
+        def ready_on_both() -> bool:
+            ready = supervisor.samples("cnnserve_model_ready")
+            return sum(v for k, v in ready.items() if ("model", "digits2") in k) == 2
+
+        bounded(ready_on_both, "digits2 ready on both workers")
+        for client in [supervisor.client() for _ in range(8)]:
+            assert client.is_model_ready("digits2")
+    finally:
+        assert supervisor.stop() == 0
