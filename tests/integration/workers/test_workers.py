@@ -18,7 +18,7 @@ import pytest
 from tritonclient.utils import InferenceServerException
 
 from tests.integration.workers.fleet import Supervisor, alive, digits_input, start
-from tests.serving import EXAMPLE_MODELS, REPO_ROOT, free_port
+from tests.serving import EXAMPLE_MODELS, REPO_ROOT, free_port, model_parameters
 
 
 def bounded(condition: object, what: str, limit_s: float = 60.0) -> None:
@@ -234,3 +234,15 @@ def test_in_poll_mode_every_worker_picks_up_a_new_model(tmp_path: Path) -> None:
             assert client.is_model_ready("digits2")
     finally:
         assert supervisor.stop() == 0
+
+
+def test_each_worker_sizes_itself_to_its_share_of_the_cores(fleet: Supervisor) -> None:
+    share = max(1, len(os.sched_getaffinity(0)) // 2)
+    workers_line = next(line for line in fleet.banner if line.startswith("  workers:"))
+    assert f"{share} cores each" in workers_line
+    for _ in range(4):  # connections land on either worker; each sized to its share
+        parameters = model_parameters(fleet.address, "digits")
+        threads = parameters["intra_op_threads"]
+        instances = parameters["instances"]
+        assert isinstance(threads, int) and isinstance(instances, int)
+        assert instances * threads <= share
