@@ -37,7 +37,6 @@ from service.frontends.triton_config import (
 from service.serving.fleet import Fleet
 from service.serving.inference import InferenceCore
 from service.serving.model import ServedModel
-from service.serving.repository import ModelRepository
 from service.telemetry.metrics import Metrics
 from service.tensors.errors import CnnserveError, Code, ConfigError, InvalidArgument, Unavailable
 from service.tensors.records import DecodedRequest, NamedOutputs
@@ -191,13 +190,14 @@ class HttpFrontEnd:
             self.worker_port = await _started(web.TCPSite(self._runner, "127.0.0.1", 0))
         return self.port
 
-    def _fleet_wide(self, request: web.Request) -> bool:
-        """Whether a repository call spans every worker: yes, unless it arrived on this
-        worker's own port (the supervisor asking this worker)."""
-        if self._core.fleet is None:
-            return False
+    def _fleet_for(self, request: web.Request) -> Fleet | None:
+        """The fleet a repository call spans: a worker's, unless the call arrived on the
+        worker's own port (the supervisor asking this worker); None alone."""
+        fleet = self._core.fleet
+        if fleet is None:
+            return None
         sockname = request.transport.get_extra_info("sockname") if request.transport else None
-        return sockname is None or sockname[1] != self.worker_port
+        return None if sockname is not None and sockname[1] == self.worker_port else fleet
 
     def _ssl_context(self) -> ssl.SSLContext | None:
         if self._tls is None:
@@ -277,9 +277,9 @@ class HttpFrontEnd:
         version = request.match_info.get("version", "")
         if name:
             self._repository.get(name, version)  # 404 if unknown
-        if self._fleet_wide(request):
-            assert self._core.fleet is not None
-            return web.json_response(await self._core.fleet.statistics(name, version))
+        fleet = self._fleet_for(request)
+        if fleet is not None:
+            return web.json_response(await fleet.statistics(name, version))
         return web.json_response(_json(statistics_response(self._metrics, name, version)))
 
     async def infer(self, request: web.Request) -> web.Response:
@@ -318,7 +318,7 @@ class HttpFrontEnd:
     async def repository_index(self, request: web.Request) -> web.Response:
         document = await _optional_json(request)
         ready_only = document.get("ready", False) is True
-        fleet = self._core.fleet if self._fleet_wide(request) else None
+        fleet = self._fleet_for(request)
         rows = (
             self._repository.index(ready_only=ready_only)
             if fleet is None
@@ -341,17 +341,14 @@ class HttpFrontEnd:
         self._repository.control_mode.require_explicit("load")
         if self._core.draining:
             raise Unavailable("the server is shutting down")
-        await self._control(request).load(request.match_info["model"])
+        await (self._fleet_for(request) or self._repository).load(request.match_info["model"])
         return web.json_response({})
 
     async def unload(self, request: web.Request) -> web.Response:
         self._repository.control_mode.require_explicit("unload")
-        await self._control(request).unload(request.match_info["model"])  # unknown: 404
+        name = request.match_info["model"]
+        await (self._fleet_for(request) or self._repository).unload(name)  # unknown: 404
         return web.json_response({})
-
-    def _control(self, request: web.Request) -> Fleet | ModelRepository:
-        fleet = self._core.fleet
-        return fleet if fleet is not None and self._fleet_wide(request) else self._repository
 
 
 async def _started(site: web.TCPSite) -> int:

@@ -3,7 +3,7 @@
 With `cnnserve serve --workers N`, a client's RepositoryModelLoad lands on one worker (its
 connection's), but it must reach every worker, and ModelStatistics and the repository index
 must describe all of them. A worker's front ends hand those four calls to a `Fleet`
-(service/workers/link.py: over loopback HTTP to the supervisor, which asks each worker and
+(service/workers/fleet_client.py: over loopback HTTP to the supervisor, which asks each worker and
 merges). Alone (no `--workers`) there is no fleet and the front ends answer from their own
 repository and metrics.
 """

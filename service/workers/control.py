@@ -101,7 +101,9 @@ class Fleet:
         try:
             async with self._session.request(method, worker.url + path, **kwargs) as answer:
                 document = await answer.json(content_type=None)
-                code = answer.headers.get(CODE_HEADER, Code.OK.value)
+                # aiohttp's own answers (404 path, 405) carry no code: not an OK
+                fallback = Code.OK if answer.status == 200 else Code.INTERNAL
+                code = answer.headers.get(CODE_HEADER, fallback.value)
                 return Answer(worker.slot, answer.status, code, document)
         except (aiohttp.ClientError, ValueError) as exc:  # it died while asked
             message = f"not reachable ({exc})"
@@ -125,9 +127,9 @@ class Fleet:
 
 def _failed(what: str, answers: list[Answer]) -> web.Response | None:
     """None when every worker answered 200; else the first failure's status, naming all."""
-    failures = [a for a in answers if a.status != 200]
     if not answers:
         return error_response(Code.UNAVAILABLE, f"{what}: no worker is serving")
+    failures = [a for a in answers if a.status != 200]
     if not failures:
         return None
     detail = "; ".join(

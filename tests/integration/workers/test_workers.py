@@ -92,6 +92,16 @@ def test_unload_and_load_reach_every_worker(fleet: Supervisor) -> None:
         assert other.is_model_ready("digits")
 
 
+def test_a_bad_model_name_keeps_its_status_through_the_supervisor(fleet: Supervisor) -> None:
+    client = fleet.client()
+    for name in ("../digits", "a/b", "missing"):
+        with pytest.raises(InferenceServerException) as raised:
+            client.unload_model(name)
+        expected = "StatusCode.NOT_FOUND" if name == "missing" else "StatusCode.INVALID_ARGUMENT"
+        assert raised.value.status() == expected, raised.value.message()
+    assert client.infer("digits", digits_input()).as_numpy("probabilities") is not None
+
+
 def test_a_broken_version_leaves_every_worker_on_the_old_one(
     fleet: Supervisor, repository: Path
 ) -> None:
