@@ -1,17 +1,20 @@
-# cnnserve image. Default: CUDA 12 + cuDNN 9 runtime with onnxruntime-gpu.
-# CPU variant (slim, plain onnxruntime):
-#   --build-arg BASE_IMAGE=debian:bookworm-slim --build-arg ONNXRUNTIME=onnxruntime==1.31.1 \
-#   --build-arg NVML= --build-arg NVIMGCODEC=
+# cnnserve image. Default: the GPU image, one CUDA version throughout (13: what
+# onnxruntime-gpu 1.31.1 is built for; tests/unit/test_cuda_stack.py reads it from the
+# wheel). CUDA, cuBLAS, cuDNN, cuFFT, cuRAND come as pip wheels (onnxruntime-gpu's `cuda`
+# and `cudnn` extras) on a plain Debian base; only the driver (libcuda.so.1) comes from the
+# host, mounted by the NVIDIA container toolkit (NVIDIA_* below ask it to).
+# CPU variant (plain onnxruntime, no CUDA wheels):
+#   --build-arg ONNXRUNTIME=onnxruntime==1.31.1 --build-arg NVML= --build-arg NVIMGCODEC=
 # The image holds the service only: no torch, no export code, no models (mount them at
 # /models, or /mnt/models under KServe, and set CNNSERVE_MODEL_REPOSITORY accordingly).
-ARG BASE_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
+ARG BASE_IMAGE=debian:bookworm-slim
 
 FROM ${BASE_IMAGE} AS build
-ARG ONNXRUNTIME=onnxruntime-gpu==1.31.1
+ARG ONNXRUNTIME="onnxruntime-gpu[cuda,cudnn]==1.31.1"
 # NVML bindings (module pynvml) for the GPU memory metrics; empty for the CPU variant.
 ARG NVML=nvidia-ml-py==13.615.71
 # nvImageCodec + nvJPEG: JPEGs decoded on the GPU (decode: auto | gpu); empty for the CPU variant.
-ARG NVIMGCODEC=nvidia-nvimgcodec-cu12[nvjpeg]==0.9.0.20
+ARG NVIMGCODEC="nvidia-nvimgcodec-cu13[nvjpeg]==0.9.0.20"
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv \
@@ -35,7 +38,12 @@ RUN apt-get update \
     && useradd --uid 10001 --create-home --shell /usr/sbin/nologin cnnserve \
     && mkdir -p /models /mnt/models
 COPY --from=build /opt/cnnserve /opt/cnnserve
+# The pip CUDA libraries on the loader's path too (onnxruntime.preload_dlls() also finds
+# them beside onnxruntime): ldd of the CUDA provider then resolves all but the driver.
 ENV PATH=/opt/cnnserve/bin:$PATH \
+    LD_LIBRARY_PATH=/opt/cnnserve/lib/python3.11/site-packages/nvidia/cu13/lib:/opt/cnnserve/lib/python3.11/site-packages/nvidia/cudnn/lib \
+    NVIDIA_VISIBLE_DEVICES=all \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility \
     PYTHONUNBUFFERED=1 \
     CNNSERVE_MODEL_REPOSITORY=/models \
     CNNSERVE_HOST=0.0.0.0 \

@@ -7,7 +7,7 @@ PORT ?= 8001
 MODEL_REPOSITORY ?= models
 ARGS ?=
 
-.PHONY: run client export-deps test lint typecheck protos export bench clean system-deps image-test
+.PHONY: run client export-deps test lint typecheck protos export bench clean system-deps image-test image-test-gpu
 
 $(VENV)/.serve: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -63,7 +63,11 @@ export: $(VENV)/.dev
 
 # Build the real image (CPU variant) without Docker and run its health check (~1-5 min).
 image-test:
-	bash deploy/image-test.sh
+	bash deploy/image-test.sh cpu
+
+# The default, GPU image (CUDA 13 from pip wheels): its CUDA libraries resolve and load (~15 min).
+image-test-gpu:
+	bash deploy/image-test.sh gpu
 
 # Served vs in-process (writes bench/README.md's table), then the per-request CPU against
 # the Python gRPC floor and instances: auto against in-process and a hand-picked setting;

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -62,9 +62,14 @@ async def run_level(
     warmup_s: float,
     duration_s: float,
     max_requests: int = 1_000_000,
+    before_window: Callable[[], Awaitable[object]] | None = None,
+    latencies_out: list[float] | None = None,
 ) -> LevelResult:
     """`payload`: one serialized request, or several that each worker sends in turn
-    (worker i starts at the i-th: every mix of them is in flight at once)."""
+    (worker i starts at the i-th: every mix of them is in flight at once).
+    `before_window` is awaited between the warm-up and the measured window (a barrier
+    shared with other client processes); `latencies_out` receives the window's latencies
+    (seconds), for percentiles over several processes."""
     if not url.startswith(LOOPBACK):
         raise ValueError(f"load is only sent to loopback addresses, not {url}")
     payloads = [payload] if isinstance(payload, bytes) else list(payload)
@@ -96,6 +101,8 @@ async def run_level(
 
         workers = [asyncio.create_task(worker(i)) for i in range(concurrency)]
         await asyncio.sleep(warmup_s)  # bench pacing, not synchronisation
+        if before_window is not None:
+            await before_window()
         recording = True
         begin = time.perf_counter()
         with contextlib.suppress(TimeoutError):
@@ -103,6 +110,8 @@ async def run_level(
         stop = True
         elapsed = time.perf_counter() - begin
         await asyncio.gather(*workers)
+    if latencies_out is not None:
+        latencies_out.extend(latencies)
     ordered = np.sort(np.asarray(latencies)) * 1000 if latencies else np.zeros(1)
     return LevelResult(
         concurrency=concurrency,

@@ -31,7 +31,7 @@ def test_resnet50_has_resnet50_size_and_runs() -> None:
 @pytest.mark.skipif(CUDA in ort.get_available_providers(), reason="this onnxruntime has CUDA")
 def test_gpu_bench_refuses_to_measure_without_cuda() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "bench.gpu", "--skip-tests"],
+        [sys.executable, "-m", "bench.gpu"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 2

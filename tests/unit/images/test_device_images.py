@@ -24,6 +24,7 @@ from service.images.preprocess import BoundPreprocess, PreprocessSpec
 from service.runtime.device_rows import DeviceRows
 from service.runtime.onnx_runner import CPU, CUDA
 from service.tensors.errors import InternalError, InvalidArgument, ModelLoadError
+from tests.cuda import cuda_test
 from tests.onnx_models import affine
 
 
@@ -224,12 +225,8 @@ def test_the_runner_binds_device_rows_as_they_are() -> None:
 
 # -- on a GPU (skipped elsewhere; bench/gpu.sh runs this file) -----------------------------
 
-needs_cuda = pytest.mark.skipif(
-    CUDA not in ort.get_available_providers(), reason="needs onnxruntime-gpu and a GPU"
-)
 
-
-@needs_cuda
+@cuda_test
 def test_on_the_gpu_rows_decode_gather_and_run_on_the_device() -> None:
     preload = getattr(ort, "preload_dlls", None)
     if preload is not None:

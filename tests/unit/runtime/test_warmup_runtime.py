@@ -24,6 +24,7 @@ from service.runtime.scheduler import Feeds
 from service.runtime.warmup import warm_up, warmup_batch_sizes
 from service.tensors.errors import InvalidArgument, ModelLoadError
 from tests import onnx_models
+from tests.cuda import cuda_test
 
 
 def _config(
@@ -104,13 +105,11 @@ def test_cuda_without_cuda_is_refused_not_silently_cpu(doubler: Path) -> None:
         OnnxRunner(doubler, device="cuda")
 
 
-@pytest.mark.skipif(CUDA not in ort.get_available_providers(), reason="needs onnxruntime-gpu")
+@cuda_test
 def test_cuda_provider_options_reach_the_session(doubler: Path) -> None:
     options = {"cudnn_conv_algo_search": "HEURISTIC", "arena_extend_strategy": "kSameAsRequested"}
-    try:
-        runner = OnnxRunner(doubler, device="cuda", provider_options=options)
-    except ModelLoadError as exc:  # GPU package present but no usable GPU
-        pytest.skip(str(exc))
+    runner = OnnxRunner(doubler, device="cuda", provider_options=options)
+    assert runner.providers[0] == CUDA
     session_options = runner.session.get_provider_options()[CUDA]
     for key, value in options.items():
         assert session_options[key] == value
