@@ -15,6 +15,7 @@ from typing import Any, Final, Literal
 
 import yaml
 
+from service.configuration.declared import TritonDeclared
 from service.tensors.datatypes import DATATYPES
 from service.tensors.errors import ConfigError
 
@@ -74,6 +75,14 @@ class ModelConfig:
     # instances: auto kept one more session, with every core, for a lone batch: the last
     # runner (service/runtime/autotune.py "solo instance"); `instances` does not count it.
     solo_instance: bool = False
+    # Read from a Triton config.pbtxt: what it declares beyond the keys above.
+    triton: TritonDeclared | None = None
+
+    @property
+    def dynamic_batching_on(self) -> bool:
+        """Whether requests may share a batch: a config.pbtxt without dynamic_batching
+        runs each request alone, as Triton does."""
+        return self.batched and (self.triton is None or self.triton.dynamic_batching)
 
     @property
     def batched(self) -> bool:
@@ -109,31 +118,33 @@ class ModelOverrides:
     # Validated by service.images.preprocess.parse_preprocessing (which needs the model's inputs
     # to bind, and imports this module); kept raw here.
     preprocessing: Mapping[str, Any] | None = None
+    triton: TritonDeclared | None = None  # a config.pbtxt's further declarations
 
     def apply(self, inferred: ModelConfig) -> ModelConfig:
-        """Declared values win; declared tensors must exist in the model with its datatype."""
+        """Declared values win; declared tensors must exist in the model with its datatype
+        and dims."""
+        if self.max_batch_size is not None and self.max_batch_size > 0 and not inferred.batched:
+            raise ConfigError(
+                f"model '{inferred.name}': max_batch_size {self.max_batch_size} declared, "
+                "but the ONNX file's first dimension is fixed, so it cannot batch"
+            )
         config = inferred
+        if self.max_batch_size == 0 and inferred.batched:
+            # Serve the batch dimension as an ordinary variable dimension.
+            config = replace(
+                config,
+                inputs=tuple(replace(s, dims=(-1, *s.dims)) for s in config.inputs),
+                outputs=tuple(replace(s, dims=(-1, *s.dims)) for s in config.outputs),
+            )
         if self.inputs is not None:
-            _check_declared(inferred.name, "inputs", self.inputs, inferred.inputs)
+            _check_declared(inferred.name, "inputs", self.inputs, config.inputs)
             config = replace(config, inputs=self.inputs)
         if self.outputs is not None:
-            _check_declared(inferred.name, "outputs", self.outputs, inferred.outputs)
+            _check_declared(inferred.name, "outputs", self.outputs, config.outputs)
             config = replace(config, outputs=self.outputs)
         if self.max_batch_size is not None:
-            if self.max_batch_size > 0 and not inferred.batched:
-                raise ConfigError(
-                    f"model '{inferred.name}': max_batch_size {self.max_batch_size} declared, "
-                    "but the ONNX file's first dimension is fixed, so it cannot batch"
-                )
-            if self.max_batch_size == 0 and inferred.batched and self.inputs is None:
-                # Serve the batch dimension as an ordinary variable dimension.
-                config = replace(
-                    config,
-                    inputs=tuple(replace(s, dims=(-1, *s.dims)) for s in config.inputs),
-                    outputs=tuple(replace(s, dims=(-1, *s.dims)) for s in config.outputs),
-                )
             config = replace(config, max_batch_size=self.max_batch_size)
-        for key in ("device", "instances", "dynamic_batching", "provider_options"):
+        for key in ("device", "instances", "dynamic_batching", "provider_options", "triton"):
             value = getattr(self, key)
             if value is not None and value != AUTO:
                 config = replace(config, **{key: value})
@@ -156,6 +167,18 @@ def _check_declared(
                 f"model '{model}': {key} '{spec.name}' is declared {spec.datatype}, the ONNX "
                 f"file has {found.datatype}"
             )
+        if not dims_agree(spec.dims, found.dims):
+            raise ConfigError(
+                f"model '{model}': {key} '{spec.name}' is declared with dims {list(spec.dims)}, "
+                f"the ONNX file has {list(found.dims)} (-1: any size)"
+            )
+
+
+def dims_agree(declared: tuple[int, ...], actual: tuple[int, ...]) -> bool:
+    """Same rank, and each declared size is the model's, or the model's is free (-1)."""
+    return len(declared) == len(actual) and all(
+        a == -1 or d == a for d, a in zip(declared, actual, strict=True)
+    )
 
 
 def _expect(model: str, key: str, value: Any, kind: type | tuple[type, ...]) -> Any:

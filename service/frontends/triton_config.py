@@ -7,6 +7,7 @@ tensor shapes and the batching policy. Only the fields cnnserve has are filled.
 
 from __future__ import annotations
 
+from service.configuration.declared import TritonDeclared, VersionPolicy
 from service.serving.layout import LABELS_FILE
 from service.serving.model import ServedModel
 from service.telemetry.metrics import Metrics, ModelStats
@@ -15,10 +16,17 @@ from service.v2 import grpc_service_pb2 as pb
 from service.v2 import model_config_pb2 as mc
 
 
+def _type_name(datatype: str) -> str:
+    return "TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}"
+
+
 def _triton_type(datatype: str) -> int:
     """Triton's DataType for a v2 datatype name: the same names with TYPE_, but BYTES is
     TYPE_STRING (derived, so the datatype table lives once, in service/tensors/datatypes.py)."""
-    return mc.DataType.Value("TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}")
+    return mc.DataType.Value(_type_name(datatype))
+
+
+_FORMATS = {"FORMAT_NHWC": mc.ModelInput.FORMAT_NHWC, "FORMAT_NCHW": mc.ModelInput.FORMAT_NCHW}
 
 
 def model_config_message(model: ServedModel) -> mc.ModelConfig:
@@ -44,7 +52,7 @@ def model_config_message(model: ServedModel) -> mc.ModelConfig:
         count=model.instance_count,
         kind=mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU,
     )
-    if config.batched:
+    if config.dynamic_batching_on:
         batching = config.dynamic_batching
         message.dynamic_batching.preferred_batch_size.extend(batching.preferred_batch_sizes)
         message.dynamic_batching.max_queue_delay_microseconds = batching.max_queue_delay_us
@@ -53,7 +61,50 @@ def model_config_message(model: ServedModel) -> mc.ModelConfig:
         policy.default_timeout_microseconds = batching.default_timeout_us
         policy.allow_timeout_override = True
     message.parameters["execution_provider"].string_value = model.runner.provider
+    _version_policy(message, config.triton.version_policy if config.triton else VersionPolicy())
+    if config.triton is not None:
+        _declared(message, config.triton)
     return message
+
+
+def _version_policy(message: mc.ModelConfig, policy: VersionPolicy) -> None:
+    if policy.kind == "all":
+        message.version_policy.all.SetInParent()
+    elif policy.kind == "specific":
+        message.version_policy.specific.versions.extend(policy.versions)
+    else:
+        message.version_policy.latest.num_versions = policy.num_versions
+
+
+def _declared(message: mc.ModelConfig, triton: TritonDeclared) -> None:
+    """What a config.pbtxt declared beyond cnnserve's own keys, shown back as written."""
+    message.default_model_filename = triton.model_file or ""
+    for model_input in message.input:
+        model_input.reshape.shape.extend(triton.reshapes.get(model_input.name, ()))
+        if model_input.name in triton.formats:
+            model_input.format = _FORMATS[triton.formats[model_input.name]]
+    for output in message.output:
+        output.reshape.shape.extend(triton.reshapes.get(output.name, ()))
+        output.label_filename = triton.label_files.get(output.name, "")
+    if triton.accelerator is not None:
+        accelerators = message.optimization.execution_accelerators
+        accelerators.gpu_execution_accelerator.add(
+            name=triton.accelerator, parameters=triton.accelerator_options
+        )
+    threads = (("intra_op_thread_count", triton.intra_op_threads),
+               ("inter_op_thread_count", triton.inter_op_threads))  # fmt: skip
+    for key, value in threads:
+        if value is not None:
+            message.parameters[key].string_value = str(value)
+    for sample in triton.warmup:
+        warmup = message.model_warmup.add(
+            name=sample.name, batch_size=sample.batch_size, count=sample.count
+        )
+        for name, given in sample.inputs.items():
+            data = {given.data: True}  # zero_data or random_data
+            warmup.inputs[name].CopyFrom(
+                mc.ModelWarmup.Input(data_type=_type_name(given.datatype), dims=given.dims, **data)
+            )
 
 
 SERVER_NAME = "cnnserve"

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
+TENSORRT = "TensorrtExecutionProvider"
 
 
 def cuda_available() -> bool:
@@ -36,11 +37,21 @@ def cuda_available() -> bool:
 
 
 def provider_list(
-    device: DeviceRequest, cuda_options: Mapping[str, str]
+    device: DeviceRequest,
+    cuda_options: Mapping[str, str],
+    tensorrt_options: Mapping[str, str] | None = None,
 ) -> list[str | tuple[str, dict[str, Any]]]:
-    """The providers to ask onnxruntime for, most preferred first."""
+    """The providers to ask onnxruntime for, most preferred first (TensorRT first when a
+    config.pbtxt names it as its gpu_execution_accelerator)."""
+    if tensorrt_options is not None and TENSORRT not in ort.get_available_providers():
+        raise ModelLoadError(
+            "gpu_execution_accelerator 'tensorrt' requested, but this onnxruntime has no "
+            f"TensorRT execution provider (available: {ort.get_available_providers()})"
+        )
     wants_cuda = device.kind == "cuda" or (device.kind == "auto" and cuda_available())
     if not wants_cuda:
+        if tensorrt_options is not None:
+            raise ModelLoadError("gpu_execution_accelerator 'tensorrt' needs the model on a GPU")
         return [CPU]
     if device.kind == "cuda" and not cuda_available():
         raise ModelLoadError(
@@ -51,6 +62,9 @@ def provider_list(
     if preload is not None:
         preload()  # loads the CUDA/cuDNN libraries shipped as pip packages
     options: dict[str, Any] = {"device_id": str(device.index), **cuda_options}
+    if tensorrt_options is not None:
+        trt = {"device_id": str(device.index), **tensorrt_options}
+        return [(TENSORRT, trt), (CUDA, options), CPU]
     return [(CUDA, options), CPU]
 
 
@@ -75,13 +89,14 @@ class OnnxRunner:
         provider_options: Mapping[str, str] | None = None,
         spin: bool = False,
         io_binding: bool | None = None,
+        tensorrt_options: Mapping[str, str] | None = None,
     ) -> None:
         self.path = path
         try:
             request = DeviceRequest.parse(device)
         except ValueError as exc:
             raise ModelLoadError(str(exc)) from None
-        providers = provider_list(request, provider_options or {})
+        providers = provider_list(request, provider_options or {}, tensorrt_options)
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads or default_intra_op_threads(1)
         options.inter_op_num_threads = 1
@@ -98,9 +113,11 @@ class OnnxRunner:
         except Exception as exc:  # onnxruntime raises many types for unreadable files
             raise ModelLoadError(f"onnxruntime cannot load {path.name}: {exc}") from exc
         self.providers: list[str] = list(self.session.get_providers())
-        if request.kind == "cuda" and self.providers[0] != CUDA:
+        wanted = TENSORRT if tensorrt_options is not None else CUDA
+        if (request.kind == "cuda" or tensorrt_options is not None) and self.providers[0] != wanted:
             raise ModelLoadError(
-                f"device '{device}' requested, but onnxruntime fell back to {self.providers[0]}"
+                f"{wanted} requested (device '{device}'), but onnxruntime fell back to "
+                f"{self.providers[0]}"
             )
         self.intra_op_threads = options.intra_op_num_threads
         # With CUDA, IO binding copies each input to the device once per batch (uint8 pixels

@@ -17,9 +17,11 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from service.configuration.model_config import ModelConfig
+from service.configuration.declared import WarmupSample
+from service.configuration.model_config import ModelConfig, dims_agree
 from service.runtime.scheduler import Runner
 from service.tensors.datatypes import DATATYPES
+from service.tensors.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -77,3 +79,46 @@ def warm_up(
         time.monotonic() - started,
     )
     return sizes
+
+
+def sample_feeds(config: ModelConfig, sample: WarmupSample) -> dict[str, npt.NDArray[np.generic]]:
+    """A config.pbtxt `model_warmup` sample as feeds: every input, its declared datatype and
+    dims (the batch dimension added when the model batches), zeros or random data."""
+    rng = np.random.default_rng(0)
+    feeds: dict[str, npt.NDArray[np.generic]] = {}
+    where = f"model '{config.name}': model_warmup '{sample.name}'"
+    missing = sorted({s.name for s in config.inputs} - set(sample.inputs))
+    if missing:
+        raise ConfigError(f"{where} gives no data for input(s) {missing}")
+    for name, given in sample.inputs.items():
+        spec = config.input(name)
+        if spec is None:
+            raise ConfigError(f"{where}: the model has no input '{name}'")
+        if given.datatype != spec.datatype or not dims_agree(given.dims, spec.dims):
+            raise ConfigError(
+                f"{where}: input '{name}' is {given.datatype} {list(given.dims)}, the model "
+                f"takes {spec.datatype} {list(spec.dims)}"
+            )
+        shape = (sample.batch_size, *given.dims) if config.batched else given.dims
+        dtype = DATATYPES[spec.datatype].numpy
+        feeds[name] = (
+            np.zeros(shape, dtype=dtype)
+            if given.data == "zero_data"
+            else (rng.random(shape) * (1 if np.issubdtype(dtype, np.floating) else 2)).astype(dtype)
+        )
+    if config.batched and sample.batch_size > config.max_batch_size:
+        raise ConfigError(f"{where}: batch_size {sample.batch_size} > max_batch_size")
+    return feeds
+
+
+def run_warmup_samples(runners: Sequence[Runner], config: ModelConfig) -> None:
+    """The config.pbtxt's own warm-up samples, after cnnserve's, on every instance."""
+    samples = config.triton.warmup if config.triton else ()
+    output_names = [spec.name for spec in config.outputs]
+    for sample in samples:
+        feeds = sample_feeds(config, sample)
+        for runner in runners:
+            for _ in range(sample.count):
+                runner.run(feeds, output_names)
+        log.info("model %s: warm-up sample '%s' run %d time(s)", config.name, sample.name,
+                 sample.count)  # fmt: skip

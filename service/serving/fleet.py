@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from service.serving.repository import IndexEntry, ModelRepository
+from service.serving.entries import IndexEntry
+from service.serving.repository import ModelRepository
 
 
 class Fleet(Protocol):

@@ -1,9 +1,11 @@
 """The model repository on disk: file names, version folders, model names, file stamps.
 
-`<root>/<model>/<version>/model.onnx` with optional `<root>/<model>/config.yaml` and
-`<root>/<model>/labels.txt`. Versions are positive integers; the highest is served. Model
-names are folder names. Every function here touches the filesystem and blocks: the event
-loop calls them through `asyncio.to_thread`.
+`<root>/<model>/<version>/model.onnx` with optional `<root>/<model>/config.yaml` (or a
+Triton `config.pbtxt`, never both) and `<root>/<model>/labels.txt`. Versions are positive
+integers; the highest is served, or the one a config.pbtxt's version_policy selects; its
+`default_model_filename` names the file (a folder of that name holds `model.onnx`, as in
+Triton). Model names are folder names. Every function here touches the filesystem and
+blocks: the event loop calls them through `asyncio.to_thread`.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.tensors.errors import InvalidArgument, NotFound
+from service.configuration.model_config import ModelOverrides, load_model_overrides
+from service.configuration.triton_model_config import CONFIG_PBTXT, read_triton_config
+from service.tensors.errors import ConfigError, InvalidArgument, NotFound
 
 MODEL_FILE = "model.onnx"
 CONFIG_FILE = "config.yaml"
@@ -20,7 +24,7 @@ LABELS_FILE = "labels.txt"
 # Model names become folder names: refuse anything that could leave the repository root.
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
-# A version's files as last seen: (path, mtime_ns, size) of model.onnx and config.yaml.
+# A version's files as last seen: (path, mtime_ns, size) of its model file and the config.
 FileStamp = tuple[tuple[str, int, int], ...]
 
 
@@ -53,9 +57,30 @@ def model_folders(root: Path) -> list[str]:
     return sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
 
 
-def file_stamp(model_dir: Path, version: int) -> FileStamp:
+def read_overrides(model_dir: Path) -> ModelOverrides:
+    """The model's config.yaml or config.pbtxt (ConfigError for both, or a bad one)."""
+    name, pbtxt = model_dir.name, model_dir / CONFIG_PBTXT
+    if pbtxt.is_file():
+        if (model_dir / CONFIG_FILE).exists():
+            raise ConfigError(
+                f"model '{name}': both {CONFIG_FILE} and {CONFIG_PBTXT} are in its folder; keep one"
+            )
+        return read_triton_config(name, pbtxt.read_text())
+    return load_model_overrides(name, model_dir / CONFIG_FILE)
+
+
+def model_path(model_dir: Path, version: int, model_file: str | None = None) -> Path:
+    """The ONNX file of a version: `model_file` (default model.onnx), or model.onnx inside
+    a folder of that name."""
+    path = model_dir / str(version) / (model_file or MODEL_FILE)
+    return path / MODEL_FILE if path.is_dir() else path
+
+
+def file_stamp(model_dir: Path, version: int, model_file: str | None = None) -> FileStamp:
     stamps = []
-    for path in (model_dir / str(version) / MODEL_FILE, model_dir / CONFIG_FILE):
+    paths = (model_path(model_dir, version, model_file), model_dir / CONFIG_FILE,
+             model_dir / CONFIG_PBTXT)  # fmt: skip
+    for path in paths:
         try:
             stat = path.stat()
         except FileNotFoundError:
@@ -64,39 +89,71 @@ def file_stamp(model_dir: Path, version: int) -> FileStamp:
     return tuple(stamps)
 
 
-def discover_versions(model_dir: Path) -> list[int]:
+def discover_versions(model_dir: Path, model_file: str | None = None) -> list[int]:
     versions = []
     for child in model_dir.iterdir():
         numbered = child.is_dir() and child.name.isdigit() and int(child.name) > 0
-        if numbered and (child / MODEL_FILE).is_file():
+        if numbered and model_path(model_dir, int(child.name), model_file).is_file():
             versions.append(int(child.name))
     return sorted(versions)
 
 
 @dataclass(frozen=True)
 class Latest:
-    """The highest version of a model folder and the stamp of its files."""
+    """The version of a model folder to serve and the stamp of its files."""
 
     version: int
     stamp: FileStamp
 
 
-def latest_version(model_dir: Path) -> Latest | None:
+def latest_on_disk(model_dir: Path) -> Latest | None:
+    """The highest version folder holding model.onnx, whatever the config says (what a
+    config that cannot be read is recorded against, to retry once the files change)."""
     versions = discover_versions(model_dir)
-    if not versions:
+    return Latest(versions[-1], file_stamp(model_dir, versions[-1])) if versions else None
+
+
+def latest_version(model_dir: Path) -> Latest | None:
+    """The version to serve: the highest, or the version_policy's choice (ConfigError when
+    the config cannot be read or names versions the folder has not)."""
+    triton = read_overrides(model_dir).triton
+    model_file = triton.model_file if triton else None
+    versions = discover_versions(model_dir, model_file)
+    chosen = triton.version_policy.select(versions) if triton else versions[-1:]
+    if triton is not None:
+        policy = triton.version_policy
+        missing = sorted(set(policy.versions) - set(versions))
+        if missing:
+            raise ConfigError(
+                f"model '{model_dir.name}': version_policy specific names version(s) "
+                f"{missing}, which its folder has not (it has {versions})"
+            )
+        if len(chosen) > 1:
+            raise ConfigError(
+                f"model '{model_dir.name}': version_policy selects versions {chosen}; cnnserve "
+                "serves one version of a model at a time (latest { num_versions: 1 } or "
+                "specific { versions: [N] })"
+            )
+    if not chosen:
         return None
-    return Latest(versions[-1], file_stamp(model_dir, versions[-1]))
+    return Latest(chosen[-1], file_stamp(model_dir, chosen[-1], model_file))
 
 
 def scan(root: Path) -> dict[str, Latest | None]:
-    """Every validly named model folder with its latest version (None: no version yet)."""
-    return {
-        name: latest_version(root / name) for name in model_folders(root) if valid_model_name(name)
-    }
+    """Every validly named model folder with the version to serve (None: no version yet;
+    a config that cannot be read: the highest on disk, whose load then says why)."""
+    found: dict[str, Latest | None] = {}
+    for name in model_folders(root):
+        if valid_model_name(name):
+            try:
+                found[name] = latest_version(root / name)
+            except ConfigError:
+                found[name] = latest_on_disk(root / name)
+    return found
 
 
-def read_labels(model_dir: Path) -> tuple[str, ...]:
-    path = model_dir / LABELS_FILE
+def read_labels(model_dir: Path, file_name: str = LABELS_FILE) -> tuple[str, ...]:
+    path = model_dir / file_name
     if not path.is_file():
         return ()
     return tuple(line.strip() for line in path.read_text().splitlines() if line.strip())

@@ -14,12 +14,12 @@ from pathlib import Path
 import onnx
 
 from service.batching.batcher import BatchObserver, BatchPolicy, DynamicBatcher
+from service.configuration.declared import TritonDeclared
 from service.configuration.model_config import (
     AUTO,
     DeviceRequest,
     ModelConfig,
     ModelOverrides,
-    load_model_overrides,
 )
 from service.configuration.settings import default
 from service.configuration.signature import infer_config, onnx_signature
@@ -28,9 +28,10 @@ from service.images.preprocess import BoundPreprocess, attach, bind, parse_prepr
 from service.runtime.autotune import Search, Tuning
 from service.runtime.onnx_runner import CUDA, OnnxRunner, default_intra_op_threads
 from service.runtime.scheduler import Scheduler
-from service.runtime.warmup import timeable, warm_up, zero_feeds
-from service.serving.layout import CONFIG_FILE, MODEL_FILE, read_labels
+from service.runtime.warmup import run_warmup_samples, timeable, warm_up, zero_feeds
+from service.serving.layout import model_path, read_labels, read_overrides
 from service.serving.model import ServedModel
+from service.serving.reshape import splice_reshapes
 from service.telemetry.metrics import Metrics
 from service.tensors.errors import ModelLoadError
 
@@ -48,7 +49,7 @@ SchedulerFactory = Callable[[ModelConfig, Sequence[OnnxRunner], BatchObserver | 
 def batch_policy(config: ModelConfig, *, batching: bool = True) -> BatchPolicy:
     """The batcher's policy from a model config. batching=False (or an unbatched model):
     every request runs alone, as sent, through the same queue and backpressure."""
-    merge = batching and config.batched
+    merge = batching and config.dynamic_batching_on
     batching_config = config.dynamic_batching
     return BatchPolicy(
         max_batch_size=max(1, config.max_batch_size),
@@ -78,14 +79,47 @@ class PreprocessedGraph:
     graph: bytes  # the model with the preprocessing subgraph in front
 
 
+def _read_onnx(path: Path) -> onnx.ModelProto:
+    try:
+        return onnx.load(str(path))
+    except Exception as exc:  # protobuf DecodeError, OSError, ...
+        raise ModelLoadError(f"cannot read {path.name}: {exc}") from exc
+
+
+def reshaped_graph(name: str, path: Path, overrides: ModelOverrides) -> bytes:
+    """A config.pbtxt's `reshape`s spliced into the graph (service/serving/reshape.py)."""
+    assert overrides.triton is not None
+    proto = _read_onnx(path)
+    own = ModelOverrides(max_batch_size=overrides.max_batch_size)
+    model = own.apply(infer_config(name, *onnx_signature(proto)))
+    declared = {s.name: s for s in (*(overrides.inputs or ()), *(overrides.outputs or ()))}
+    return splice_reshapes(proto, model, declared, overrides.triton.reshapes).SerializeToString()
+
+
+def _graph(
+    name: str, path: Path, overrides: ModelOverrides
+) -> tuple[PreprocessedGraph | None, bytes | None]:
+    """The graph the sessions run when it is not the file as it is: preprocessing spliced
+    in front (config.yaml), or a config.pbtxt's reshapes."""
+    if overrides.preprocessing is not None:
+        prepared = preprocessed_graph(name, path, overrides)
+        return prepared, prepared.graph
+    if overrides.triton is not None and overrides.triton.reshapes:
+        return None, reshaped_graph(name, path, overrides)
+    return None, None
+
+
+def _labels(model_dir: Path, triton: TritonDeclared | None) -> tuple[str, ...]:
+    if triton is not None and triton.label_files:
+        return read_labels(model_dir, next(iter(triton.label_files.values())))
+    return read_labels(model_dir)
+
+
 def preprocessed_graph(name: str, path: Path, overrides: ModelOverrides) -> PreprocessedGraph:
     """Bind the `preprocessing` key to the model and splice its subgraph into the graph."""
     assert overrides.preprocessing is not None
     spec = parse_preprocessing(name, overrides.preprocessing)
-    try:
-        proto = onnx.load(str(path))
-    except Exception as exc:  # protobuf DecodeError, OSError, ...
-        raise ModelLoadError(f"cannot read {path.name}: {exc}") from exc
+    proto = _read_onnx(path)
     config = overrides.apply(infer_config(name, *onnx_signature(proto)))
     pre = bind(name, spec, config.inputs, config.batched)
     graph = attach(proto, pre).SerializeToString()
@@ -119,12 +153,11 @@ class VersionLoader:
         """Blocking: read the config, build the sessions, warm up. Call from a thread."""
         started = time.monotonic()
         name = model_dir.name
-        overrides = load_model_overrides(name, model_dir / CONFIG_FILE)
-        path = model_dir / str(version) / MODEL_FILE
-        prepared = None
-        if overrides.preprocessing is not None:
-            prepared = preprocessed_graph(name, path, overrides)
-        runners = self._runners(path, overrides, prepared)
+        overrides = read_overrides(model_dir)
+        triton = overrides.triton
+        path = model_path(model_dir, version, triton.model_file if triton else None)
+        prepared, graph = _graph(name, path, overrides)
+        runners = self._runners(path, overrides, graph)
         first = runners[0]
         if prepared is None:
             config = overrides.apply(infer_config(name, first.inputs(), first.outputs()))
@@ -132,15 +165,17 @@ class VersionLoader:
             config = prepared.config
         tuning = None
         chosen_by = "config"
-        if overrides.instances in (None, AUTO):
+        threads_stated = triton is not None and triton.intra_op_threads is not None
+        if overrides.instances in (None, AUTO) and not threads_stated:
             if timeable(config):
-                config, runners, tuning = self._tune(path, overrides, prepared, config, runners)
+                config, runners, tuning = self._tune(path, overrides, graph, config, runners)
                 first = runners[0]
                 chosen_by = tuning.summary()
             else:
                 chosen_by = NOT_TIMED
         # On CUDA every batch size gets its cuDNN algorithm search at load, not on a request.
         warmed = warm_up(runners, config, every_size=first.provider == CUDA)
+        run_warmup_samples(runners, config)
         pre = prepared.preprocess if prepared else None
         decode, device_decoder = _decoding(overrides, pre, first)
         _log_loaded(config, version, runners, warmed, pre, tuning, decode)
@@ -156,7 +191,7 @@ class VersionLoader:
             version=version,
             runners=runners,
             scheduler=scheduler,
-            labels=read_labels(model_dir),
+            labels=_labels(model_dir, triton),
             preprocess=pre,
             metrics=model_metrics,
             load_seconds=time.monotonic() - started,
@@ -168,36 +203,36 @@ class VersionLoader:
         )
 
     def _runners(
-        self, path: Path, overrides: ModelOverrides, prepared: PreprocessedGraph | None
+        self, path: Path, overrides: ModelOverrides, graph: bytes | None
     ) -> list[OnnxRunner]:
         """One session per instance, each with its share of the cores: concurrent runs on
         one shared session would contend for a single intra-op thread pool."""
         instances = overrides.instances if isinstance(overrides.instances, int) else 1
-        threads = default_intra_op_threads(instances)
-        return [self._runner(path, overrides, prepared, threads) for _ in range(instances)]
+        stated = overrides.triton.intra_op_threads if overrides.triton else None
+        threads = stated or default_intra_op_threads(instances)
+        return [self._runner(path, overrides, graph, threads) for _ in range(instances)]
 
     def _runner(
-        self,
-        path: Path,
-        overrides: ModelOverrides,
-        prepared: PreprocessedGraph | None,
-        threads: int,
+        self, path: Path, overrides: ModelOverrides, graph: bytes | None, threads: int
     ) -> OnnxRunner:
+        triton = overrides.triton
+        tensorrt = triton is not None and triton.accelerator == "tensorrt"
         return OnnxRunner(
             path,
-            model_bytes=prepared.graph if prepared else None,
+            model_bytes=graph,
             device=overrides.device or "auto",
             intra_op_threads=threads,
             provider_options=overrides.provider_options,
             spin=self._ort_spinning,
             io_binding=overrides.io_binding,
+            tensorrt_options=triton.accelerator_options if triton and tensorrt else None,
         )
 
     def _tune(
         self,
         path: Path,
         overrides: ModelOverrides,
-        prepared: PreprocessedGraph | None,
+        graph: bytes | None,
         config: ModelConfig,
         probe: list[OnnxRunner],
     ) -> tuple[ModelConfig, list[OnnxRunner], Tuning]:
@@ -212,7 +247,7 @@ class VersionLoader:
             if reusable is not None:
                 spare.remove(reusable)
                 return reusable
-            return self._runner(path, overrides, prepared, n)
+            return self._runner(path, overrides, graph, n)
 
         search = Search(
             config.name,

@@ -10,16 +10,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 
 from service.configuration.settings import ControlMode
+from service.serving.entries import IndexEntry, ModelEntry, index_rows
 from service.serving.layout import (
     MODEL_FILE,
     FileStamp,
     Latest,
     check_model_name,
+    latest_on_disk,
     latest_version,
     model_folder,
     model_folders,
@@ -27,51 +27,18 @@ from service.serving.layout import (
 from service.serving.model import ServedModel
 from service.serving.retirement import Retirement, retire
 from service.telemetry.metrics import Metrics
-from service.tensors.errors import CnnserveError, ModelLoadError, NotFound, Unavailable
+from service.tensors.errors import (
+    CnnserveError,
+    ConfigError,
+    ModelLoadError,
+    NotFound,
+    Unavailable,
+)
 
 log = logging.getLogger(__name__)
 
 VersionLoad = Callable[[Path, int], ServedModel]  # blocking: model folder, version -> model
 ModelListener = Callable[[str, bool], Awaitable[None]]
-
-
-class ModelState(StrEnum):
-    READY = "READY"
-    UNAVAILABLE = "UNAVAILABLE"
-
-
-@dataclass
-class ModelEntry:
-    name: str
-    reason: str = ""
-    served: ServedModel | None = None
-    stamp: FileStamp = ()  # of the served version's files
-    # Failed versions: why, and the files that failed (the poller retries once they change).
-    failures: dict[int, tuple[str, FileStamp]] = field(default_factory=dict)
-
-    @property
-    def state(self) -> ModelState:
-        return ModelState.READY if self.served is not None else ModelState.UNAVAILABLE
-
-    def serves(self, latest: Latest) -> bool:
-        """Already serving exactly these files."""
-        served = self.served
-        return (
-            served is not None and served.version == latest.version and self.stamp == latest.stamp
-        )
-
-    def failed_as(self, latest: Latest) -> bool:
-        """These very files already failed to load (retried once they change)."""
-        failed = self.failures.get(latest.version)
-        return failed is not None and failed[1] == latest.stamp
-
-
-@dataclass(frozen=True)
-class IndexEntry:
-    name: str
-    version: str
-    state: ModelState
-    reason: str
 
 
 class ModelRepository:
@@ -116,7 +83,11 @@ class ModelRepository:
         model_dir = await asyncio.to_thread(model_folder, self.root, name)  # checks the name
         async with self._locks.setdefault(name, asyncio.Lock()):
             entry = self._entries.setdefault(name, ModelEntry(name))
-            latest = await asyncio.to_thread(latest_version, model_dir)
+            try:
+                latest = await asyncio.to_thread(latest_version, model_dir)
+            except ConfigError as exc:  # recorded against the files on disk, retried on change
+                found = await asyncio.to_thread(latest_on_disk, model_dir) or Latest(0, ())
+                raise self._load_failed(entry, found.version, found.stamp, exc) from exc
             if latest is None:
                 entry.reason = f"no version folder with {MODEL_FILE} under {model_dir}"
                 raise ModelLoadError(f"model {name} not loaded: {entry.reason}")
@@ -198,19 +169,7 @@ class ModelRepository:
 
     def index(self, *, ready_only: bool = False) -> list[IndexEntry]:
         """Per model and version: READY, or UNAVAILABLE with the reason (Triton's index)."""
-        rows: list[IndexEntry] = []
-        for name, entry in sorted(self._entries.items()):
-            served = entry.served
-            if served is not None:
-                rows.append(IndexEntry(name, str(served.version), ModelState.READY, ""))
-            if ready_only:
-                continue
-            for version, (reason, _) in sorted(entry.failures.items()):
-                if served is None or version != served.version:
-                    rows.append(IndexEntry(name, str(version), ModelState.UNAVAILABLE, reason))
-            if served is None and not entry.failures:
-                rows.append(IndexEntry(name, "", ModelState.UNAVAILABLE, entry.reason))
-        return rows
+        return index_rows(self._entries, ready_only=ready_only)
 
     def entry(self, name: str) -> ModelEntry:
         found = self._entries.get(name)

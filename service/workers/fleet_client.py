@@ -10,7 +10,8 @@ from urllib.parse import quote
 import aiohttp
 
 from service.frontends.http_status import CODE_HEADER
-from service.serving.repository import IndexEntry, ModelRepository, ModelState
+from service.serving.entries import IndexEntry, ModelState
+from service.serving.repository import ModelRepository
 from service.tensors.errors import Code, RemoteError, Unavailable
 from service.workers.link import SECRET_HEADER, WorkerLink
 
