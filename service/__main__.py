@@ -238,7 +238,9 @@ def _banner(server: CnnserveServer) -> list[str]:
     for entry in server.repository.entries():
         state = entry.state.value + (f" ({entry.reason})" if entry.reason else "")
         served = entry.served
-        detail = f" version {served.version} on {served.runner.provider}" if served else ""
+        versions = ", ".join(str(v) for v in sorted(entry.versions))
+        label = "versions" if len(entry.versions) > 1 else "version"
+        detail = f" {label} {versions} on {served.runner.provider}" if served else ""
         lines.append(f"  model {entry.name}: {state}{detail}")
     ready = [entry.name for entry in server.repository.entries() if entry.served is not None]
     lines.append(try_hint(server.address, ready))

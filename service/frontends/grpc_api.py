@@ -140,7 +140,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         model = self._repository.get(request.name, request.version)
         config = model.config
         response = pb.ModelMetadataResponse(
-            name=config.name, versions=[str(model.version)], platform=config.platform
+            name=config.name,
+            versions=self._repository.versions_of(request.name, request.version),
+            platform=config.platform,
         )
         for spec in config.inputs:
             response.inputs.add(

@@ -256,7 +256,9 @@ class HttpFrontEnd:
         return web.json_response(
             {
                 "name": model.name,
-                "versions": [str(model.version)],
+                "versions": self._repository.versions_of(
+                    request.match_info["model"], request.match_info.get("version", "")
+                ),
                 "platform": config.platform,
                 **tensors,
                 "parameters": metadata_parameters(model),

@@ -100,7 +100,7 @@ def discover_versions(model_dir: Path, model_file: str | None = None) -> list[in
 
 @dataclass(frozen=True)
 class Latest:
-    """The version of a model folder to serve and the stamp of its files."""
+    """A version of a model folder to serve and the stamp of its files."""
 
     version: int
     stamp: FileStamp
@@ -113,9 +113,9 @@ def latest_on_disk(model_dir: Path) -> Latest | None:
     return Latest(versions[-1], file_stamp(model_dir, versions[-1])) if versions else None
 
 
-def latest_version(model_dir: Path) -> Latest | None:
-    """The version to serve: the highest, or the version_policy's choice (ConfigError when
-    the config cannot be read or names versions the folder has not)."""
+def selected_versions(model_dir: Path) -> list[Latest]:
+    """The versions to serve, oldest first: the highest, or the version_policy's choice
+    (ConfigError when the config cannot be read or names versions the folder has not)."""
     triton = read_overrides(model_dir).triton
     model_file = triton.model_file if triton else None
     versions = discover_versions(model_dir, model_file)
@@ -128,27 +128,20 @@ def latest_version(model_dir: Path) -> Latest | None:
                 f"model '{model_dir.name}': version_policy specific names version(s) "
                 f"{missing}, which its folder has not (it has {versions})"
             )
-        if len(chosen) > 1:
-            raise ConfigError(
-                f"model '{model_dir.name}': version_policy selects versions {chosen}; cnnserve "
-                "serves one version of a model at a time (latest { num_versions: 1 } or "
-                "specific { versions: [N] })"
-            )
-    if not chosen:
-        return None
-    return Latest(chosen[-1], file_stamp(model_dir, chosen[-1], model_file))
+    return [Latest(version, file_stamp(model_dir, version, model_file)) for version in chosen]
 
 
-def scan(root: Path) -> dict[str, Latest | None]:
-    """Every validly named model folder with the version to serve (None: no version yet;
-    a config that cannot be read: the highest on disk, whose load then says why)."""
-    found: dict[str, Latest | None] = {}
+def scan(root: Path) -> dict[str, list[Latest]]:
+    """Every validly named model folder with the versions to serve ([]: none yet; a config
+    that cannot be read: the highest on disk, whose load then says why)."""
+    found: dict[str, list[Latest]] = {}
     for name in model_folders(root):
         if valid_model_name(name):
             try:
-                found[name] = latest_version(root / name)
+                found[name] = selected_versions(root / name)
             except ConfigError:
-                found[name] = latest_on_disk(root / name)
+                fallback = latest_on_disk(root / name)
+                found[name] = [fallback] if fallback else []
     return found
 
 

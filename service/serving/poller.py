@@ -1,5 +1,5 @@
 """Poll mode: rescan the repository folder every interval; load new models and changed
-highest versions, unload removed models. A version that failed is retried only once its
+versions, unload removed models. A version that failed is retried only once its
 files change. The scan runs in a thread (it lists folders and stats files)."""
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ class RepositoryPoller:
         # failure, and both load the same broken version (a test caught it).
         self._polling = asyncio.Lock()
 
-    def _up_to_date(self, name: str, latest: Latest) -> bool:
+    def _up_to_date(self, name: str, selection: list[Latest]) -> bool:
         """Serving exactly these files, or they already failed as they are."""
         entry = self._repository.find(name)
-        return entry is not None and (entry.serves(latest) or entry.failed_as(latest))
+        return entry is not None and (entry.serves(selection) or entry.failed_as(selection))
 
     async def poll_once(self) -> None:
         async with self._polling:
@@ -32,8 +32,8 @@ class RepositoryPoller:
     async def _poll(self) -> None:
         repository = self._repository
         found = await asyncio.to_thread(scan, repository.root)
-        for name, latest in found.items():
-            if latest is not None and not self._up_to_date(name, latest):
+        for name, selection in found.items():
+            if selection and not self._up_to_date(name, selection):
                 await repository.load_logged(name)
         for entry in repository.entries():
             if entry.name not in found and entry.served is not None:

@@ -1,7 +1,8 @@
-"""The registry of served models: which version of each model serves, leases, swaps and
-unloads. Loading a version is injected (`loader.VersionLoader.load`, run in a thread);
-polling is `poller`, retiring `retirement`, the folder layout `layout` (all in this
-package). A model that fails to load is listed UNAVAILABLE with its reason, and every other
+"""The registry of served models: which versions of each model serve (the highest, or
+what a config.pbtxt's version_policy selects), leases, swaps and unloads. Loading a
+version is injected (`loader.VersionLoader.load`, run in a thread); polling is `poller`,
+retiring `retirement`, the folder layout `layout`, entries and index rows `entries` (all
+in this package). A model that fails to load is listed UNAVAILABLE with its reason, and every other
 model serves. Model names are folder names: one that could leave the root is refused.
 """
 
@@ -20,9 +21,9 @@ from service.serving.layout import (
     Latest,
     check_model_name,
     latest_on_disk,
-    latest_version,
     model_folder,
     model_folders,
+    selected_versions,
 )
 from service.serving.model import ServedModel
 from service.serving.retirement import Retirement, retire
@@ -79,32 +80,51 @@ class ModelRepository:
             self._entries.setdefault(name, ModelEntry(name, exc.message))
 
     async def load(self, name: str) -> None:
-        """Load (or reload) the highest version of `name`; raise why if it cannot."""
+        """Load (or reload) the versions of `name` to serve (the highest, or what its
+        version_policy selects); raise why if one cannot. A version that fails leaves what
+        serves in place; versions no longer selected retire once every selected one serves."""
         model_dir = await asyncio.to_thread(model_folder, self.root, name)  # checks the name
         async with self._locks.setdefault(name, asyncio.Lock()):
             entry = self._entries.setdefault(name, ModelEntry(name))
             try:
-                latest = await asyncio.to_thread(latest_version, model_dir)
+                selection = await asyncio.to_thread(selected_versions, model_dir)
             except ConfigError as exc:  # recorded against the files on disk, retried on change
                 found = await asyncio.to_thread(latest_on_disk, model_dir) or Latest(0, ())
                 raise self._load_failed(entry, found.version, found.stamp, exc) from exc
-            if latest is None:
+            if not selection:
                 entry.reason = f"no version folder with {MODEL_FILE} under {model_dir}"
                 raise ModelLoadError(f"model {name} not loaded: {entry.reason}")
-            served = entry.served
-            if entry.serves(latest):
+            if entry.serves(selection):
                 return
-            try:
-                fresh = await asyncio.to_thread(self._load_version, model_dir, latest.version)
-                await fresh.start()
-            except CnnserveError as exc:
-                raise self._load_failed(entry, latest.version, latest.stamp, exc) from exc
-            self._swap_in(entry, fresh, latest.stamp)
-            await self._notify(name, True)
-            if served is not None:
-                self._retirement.later(served, out_of_service=False)  # trims the heap after
-            else:  # a first load frees its reading and timing buffers: give them back too
-                self._retirement.release_heap_later()
+            failure = None
+            for selected in selection:
+                if not entry.serves_as_is(selected):
+                    failure = await self._load_one(entry, model_dir, selected) or failure
+            if failure is not None:
+                raise failure
+            for version in sorted(set(entry.versions) - {s.version for s in selection}):
+                log.info("model %s version %d: no longer selected, retired", name, version)
+                entry.stamps.pop(version, None)
+                self._retirement.later(entry.versions.pop(version), out_of_service=False)
+
+    async def _load_one(
+        self, entry: ModelEntry, model_dir: Path, selected: Latest
+    ) -> ModelLoadError | None:
+        """Load one version and swap it in; the failure (not raised) if it cannot."""
+        try:
+            fresh = await asyncio.to_thread(self._load_version, model_dir, selected.version)
+            await fresh.start()
+        except CnnserveError as exc:
+            return self._load_failed(entry, selected.version, selected.stamp, exc)
+        first = not entry.versions
+        replaced = entry.versions.get(selected.version)
+        self._swap_in(entry, fresh, selected.stamp)
+        await self._notify(entry.name, True)
+        if replaced is not None:
+            self._retirement.later(replaced, out_of_service=False)  # trims the heap after
+        elif first:  # a first load frees its reading and timing buffers: give them back too
+            self._retirement.release_heap_later()
+        return None
 
     def _load_failed(
         self, entry: ModelEntry, version: int, stamp: FileStamp, exc: CnnserveError
@@ -122,27 +142,28 @@ class ModelRepository:
 
     def _swap_in(self, entry: ModelEntry, fresh: ServedModel, stamp: FileStamp) -> None:
         """One assignment on the event loop: the next request leases the new version."""
-        entry.served, entry.stamp, entry.reason = fresh, stamp, ""
+        entry.versions[fresh.version], entry.stamps[fresh.version] = fresh, stamp
+        entry.reason = ""
         entry.failures.pop(fresh.version, None)
         if fresh.metrics is not None:
             fresh.metrics.activate(fresh.scheduler, fresh.load_seconds)
-        name, version = entry.name, fresh.version
+        name = entry.name
         fresh.scheduler.add_failure_listener(
-            lambda reason: self._scheduler_failed(name, version, reason)
+            lambda reason: self._scheduler_failed(name, fresh, reason)
         )
-        log.info("model %s version %d serving", name, version)
+        log.info("model %s version %d serving", name, fresh.version)
 
-    def _scheduler_failed(self, name: str, version: int, reason: str) -> None:
-        """The serving version's scheduler died (it failed its queue and refuses requests):
+    def _scheduler_failed(self, name: str, served: ServedModel, reason: str) -> None:
+        """A serving version's scheduler died (it failed its queue and refuses requests):
         out of service with the reason, as a failed load; retried as a failed load is."""
         entry = self._entries.get(name)
-        served = None if entry is None else entry.served
-        if entry is None or served is None or served.version != version:
-            return
-        entry.served, entry.reason = None, reason
-        entry.failures[version] = (reason, entry.stamp)
-        entry.stamp = ()
-        self._retirement.track(self._notify(name, False))
+        if entry is None or entry.versions.get(served.version) is not served:
+            return  # already replaced or retired
+        del entry.versions[served.version]
+        entry.failures[served.version] = (reason, entry.stamps.pop(served.version, ()))
+        if not entry.versions:
+            entry.reason = reason
+            self._retirement.track(self._notify(name, False))
         self._retirement.later(served, out_of_service=True)
 
     async def unload(self, name: str, reason: str = "unloaded") -> None:
@@ -150,10 +171,12 @@ class ModelRepository:
         check_model_name(name)  # the same name checks as load
         async with self._locks.setdefault(name, asyncio.Lock()):
             entry = self.entry(name)
-            served, entry.served, entry.stamp = entry.served, None, ()
+            retiring = list(entry.versions.values())
+            entry.versions.clear()
+            entry.stamps.clear()
             entry.reason = reason
             await self._notify(name, False)
-            if served is not None:
+            for served in retiring:
                 await retire(served, out_of_service=True)
         log.info("model %s unloaded", name)
 
@@ -180,15 +203,23 @@ class ModelRepository:
     def get(self, name: str, version: str = "") -> ServedModel:
         """The served model for a request, or NotFound / Unavailable saying why not."""
         entry = self.entry(name)
-        if entry.served is None:
-            raise Unavailable(f"model '{name}' is not ready: {entry.reason}")
         served = entry.served
-        if version and version != str(served.version):
+        if served is None:
+            raise Unavailable(f"model '{name}' is not ready: {entry.reason}")
+        if not version:
+            return served
+        chosen = entry.versions.get(int(version)) if version.isdigit() else None
+        if chosen is None:
             raise NotFound(
-                f"model '{name}' version '{version}' is not served (served version: "
-                f"{served.version})"
+                f"model '{name}' version '{version}' is not served (served versions: "
+                f"{', '.join(map(str, sorted(entry.versions)))})"
             )
-        return served
+        return chosen
+
+    def versions_of(self, name: str, version: str = "") -> list[str]:
+        """ModelMetadata's `versions`: the one asked for, or every version serving."""
+        entry = self.entry(name)
+        return [version] if version else [str(v) for v in sorted(entry.versions)]
 
     def is_ready(self, name: str, version: str = "") -> bool:
         try:
@@ -204,5 +235,5 @@ class ModelRepository:
     async def aclose(self) -> None:
         await self.wait_retired()
         for entry in self._entries.values():
-            if entry.served is not None:
-                await entry.served.aclose()
+            for served in entry.versions.values():
+                await served.aclose()

@@ -135,7 +135,7 @@ def test_invalid_argument(
     ("model", "version", "words"),
     [
         ("nope", "", ["unknown model", "nope"]),
-        ("digits", "7", ["version '7'", "served version: 1"]),
+        ("digits", "7", ["version '7'", "served versions: 1"]),
     ],
 )
 def test_not_found(stub: Stub, model: str, version: str, words: list[str]) -> None:

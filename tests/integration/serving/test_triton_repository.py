@@ -214,3 +214,66 @@ def test_without_dynamic_batching_each_request_runs_alone(tmp_path: Path) -> Non
         batched = server.server.repository.get("batched")
         assert not alone.config.dynamic_batching_on and batched.config.dynamic_batching_on
     shutil.rmtree(root)
+
+
+def served(client: triton.InferenceServerClient, version: str) -> tuple[str, np.ndarray]:
+    pixels = np.ones((1, 3, 4, 4), dtype=np.float32)
+    tensor = triton.InferInput("data_0", [1, 3, 4, 4], "FP32")
+    tensor.set_data_from_numpy(pixels)
+    answer = client.infer("heads", [tensor], model_version=version)
+    return answer.get_response().model_version, answer.as_numpy("fc6_1").reshape(1, 10)
+
+
+def test_version_policies_serve_several_versions_each_routed_and_counted(tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    folder = add_model(root, "heads", "version_policy { latest { num_versions: 2 } }",
+                       versions=(1, 2, 3))  # fmt: skip
+    ones = np.ones((1, 48), dtype=np.float32)
+    with running_server(root, model_control_mode="explicit") as server:
+        client = triton.InferenceServerClient(server.address)
+        client.load_model("heads")
+        ready = [(row["version"], row["state"]) for row in
+                 client.get_model_repository_index(as_json=True)["models"]]  # fmt: skip
+        assert ready == [("2", "READY"), ("3", "READY")]
+        assert served(client, "")[0] == "3"  # no version asked: the highest
+        for version in ("2", "3"):
+            got_version, got = served(client, version)
+            assert got_version == version
+            np.testing.assert_allclose(got, reference(int(version), ones), rtol=1e-5)
+        assert client.get_model_metadata("heads", as_json=True)["versions"] == ["2", "3"]
+        with pytest.raises(triton.InferenceServerException, match="served versions: 2, 3"):
+            served(client, "1")
+        counts = {
+            stat["version"]: stat["inference_count"]
+            for stat in client.get_inference_statistics("heads", as_json=True)["model_stats"]
+        }
+        assert counts == {"2": "1", "3": "2"}  # each version its own series
+
+        # A new version: the policy moves on, version 2 retires once 3 and 4 serve.
+        onnx.save(conv_model(4), str(_version_file(folder, 4)))
+        client.load_model("heads")
+        assert [
+            row["version"] for row in client.get_model_repository_index(as_json=True)["models"]
+        ] == ["3", "4"]
+        # A corrupt version under `all`: the others serve, it is listed with its reason.
+        (folder / "config.pbtxt").write_text("version_policy { all { } }")
+        _version_file(folder, 5).write_bytes(b"not onnx")
+        with pytest.raises(triton.InferenceServerException, match="version 5 not loaded"):
+            client.load_model("heads")
+        index = client.get_model_repository_index(as_json=True)["models"]
+        assert [(r["version"], r["state"]) for r in index] == [
+            ("1", "READY"),
+            ("2", "READY"),
+            ("3", "READY"),
+            ("4", "READY"),
+            ("5", "UNAVAILABLE"),
+        ]
+        client.unload_model("heads")
+        assert not client.is_model_ready("heads") and not client.is_model_ready("heads", "3")
+        client.close()
+
+
+def _version_file(folder: Path, version: int) -> Path:
+    path = folder / str(version) / "model.onnx"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
