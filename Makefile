@@ -33,11 +33,13 @@ run: $(VENV)/.serve
 	$(PY) -m service serve --model-repository $(MODEL_REPOSITORY) --port $(PORT) $(ARGS)
 
 # Debian packages the tests run for real: prometheus + promtool (metrics), nginx (two
-# replicas behind a gRPC load balancer). Installed once, when missing.
+# replicas behind a gRPC load balancer), libb64 (Triton's perf_analyzer binary links it:
+# tests/perf_analyzer.py). Installed once, when missing.
 system-deps:
-	@command -v promtool >/dev/null 2>&1 && command -v nginx >/dev/null 2>&1 || { \
+	@command -v promtool >/dev/null 2>&1 && command -v nginx >/dev/null 2>&1 && \
+	  ldconfig -p | grep -q libb64.so.0d || { \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	  --no-install-recommends prometheus nginx-light; }
+	  --no-install-recommends prometheus nginx-light libb64-0d; }
 
 test: $(VENV)/.dev system-deps
 	$(PY) -m ruff check .

@@ -335,6 +335,11 @@ def _serve_command(settings: ServerSettings, argv: list[str]) -> int:
     elif settings.workers > 1:
         from service.workers.supervisor import supervise
 
+        if settings.shared_memory != "none":  # a region registered on one worker only
+            print("cnnserve serve: --shared-memory system needs --workers 1: regions are "
+                  "registered in one process, and connections spread over the workers",
+                  file=sys.stderr)  # fmt: skip
+            return 2
         try:  # the supervisor serves no inference: the default loop is enough
             return asyncio.run(supervise(settings, argv))
         except OSError as exc:  # a port in use

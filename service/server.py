@@ -21,7 +21,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
-from service.configuration.settings import ControlMode, ServerSettings
+from service.configuration.settings import ControlMode, ServerSettings, SharedMemory
 from service.frontends.grpc_api import InferenceServicer, add_to_server
 from service.frontends.http_api import HttpFrontEnd
 from service.frontends.security import BearerTokenInterceptor, server_credentials
@@ -30,6 +30,7 @@ from service.serving.inference import InferenceCore
 from service.serving.loader import SchedulerFactory, VersionLoader, scheduler_factory
 from service.serving.poller import RepositoryPoller
 from service.serving.repository import ModelRepository
+from service.serving.shared_memory import SharedMemoryRegistry
 from service.telemetry.gpu_memory import register_gpu_memory
 from service.telemetry.metrics import Metrics
 from service.v2 import POOL
@@ -88,7 +89,8 @@ class CnnserveServer:
         )
         self.poller = RepositoryPoller(self.repository)
         # The request path both front ends share (lease, drain, deadline, metrics).
-        self.core = InferenceCore(self.repository, self.metrics, fleet)
+        shared = SharedMemoryRegistry(enabled=settings.shared_memory is SharedMemory.SYSTEM)
+        self.core = InferenceCore(self.repository, self.metrics, fleet, shared)
         self._poller: asyncio.Task[None] | None = None
         self._servicer: InferenceServicer | None = None
         self.http: HttpFrontEnd | None = None
@@ -258,6 +260,7 @@ class CnnserveServer:
             await self._server.stop(max(0.0, deadline - time.monotonic()))
             self._server = None
         await self.repository.aclose()
+        self.core.shared_memory.close()  # unmaps every region still registered
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()

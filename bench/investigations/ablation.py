@@ -59,7 +59,11 @@ async def measure(concurrency: int, reps: int) -> dict[str, float]:
     answer = codec.encode_infer_response(
         model_name=payload.name, model_version="1", request_id="", outputs=outputs
     )
-    real = (codec.decode_infer_request, grpc_api._encode, model_module.ServedModel.infer)
+    real = (
+        codec.decode_infer_request,
+        grpc_api.InferenceServicer._encode,
+        model_module.ServedModel.infer,
+    )
     runner = served.runners[0]
 
     async def run_directly(self: Any, request: Any, *, deadline: float | None) -> Any:
@@ -70,10 +74,10 @@ async def measure(concurrency: int, reps: int) -> dict[str, float]:
     async def no_model(self: Any, request: Any, *, deadline: float | None) -> Any:
         return outputs
 
-    def no_decode(request: Any, check: Any) -> Any:
+    def no_decode(request: Any, check: Any, *shared_memory: Any) -> Any:
         return decoded
 
-    def no_encode(model: Any, decoded: Any, outputs: Any) -> Any:
+    def no_encode(self: Any, model: Any, decoded: Any, outputs: Any) -> Any:
         return answer
 
     variants: dict[str, dict[str, Callable[..., Any]]] = {
@@ -87,7 +91,7 @@ async def measure(concurrency: int, reps: int) -> dict[str, float]:
 
     def use(variant: dict[str, Callable[..., Any]]) -> None:
         setattr(grpc_api, "decode_infer_request", variant.get("decode", real[0]))  # noqa: B010
-        grpc_api._encode = variant.get("encode", real[1])
+        grpc_api.InferenceServicer._encode = variant.get("encode", real[1])  # type: ignore[method-assign]
         model_module.ServedModel.infer = variant.get("infer", real[2])  # type: ignore[method-assign]
 
     context = StandInContext()

@@ -40,6 +40,13 @@ class ControlMode(StrEnum):
             )
 
 
+class SharedMemory(StrEnum):
+    """Triton's shared memory extension: off, or system (POSIX) shared memory regions."""
+
+    NONE = "none"
+    SYSTEM = "system"
+
+
 class EventLoop(StrEnum):
     AUTO = "auto"  # uvloop when installed (service/eventloop.py)
     ASYNCIO = "asyncio"
@@ -91,6 +98,9 @@ class ServerSettings:
     max_decode_pixels: int = 120_000_000
     # Server processes on the same ports (service/workers/): 1 = this process serves.
     workers: int = 1
+    # Triton's system shared memory extension (service/serving/shared_memory.py); off unless
+    # asked for, as in Triton.
+    shared_memory: SharedMemory = SharedMemory.NONE
     tls: TlsSettings | None = None
     auth_token: str | None = field(default=None, repr=False)  # never logged
 
@@ -197,6 +207,9 @@ SERVE_OPTIONS: tuple[Option, ...] = (
            "instances: auto: seconds of timing per model load"),
     Option("max_decode_pixels", "--max-decode-pixels", "MAX_DECODE_PIXELS", int,
            "encoded images: pixels all rows of one request may declare"),
+    Option("shared_memory", "--shared-memory", "SHARED_MEMORY", SharedMemory,
+           "system: accept Triton's system shared memory regions (off by default)",
+           tuple(SharedMemory)),
     Option("workers", "--workers", "WORKERS", worker_count,
            "server processes sharing the ports (SO_REUSEPORT); auto = one per "
            f"{WORKER_CORES} cores"),

@@ -176,11 +176,57 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return await self._core.infer(
             request.model_name,
             request.model_version,
-            lambda model: decode_infer_request(request, model.check_headers),
-            _encode,
+            lambda model: decode_infer_request(
+                request, model.check_headers, self._core.shared_memory
+            ),
+            self._encode,
             time_remaining,
             "grpc",
         )
+
+    def _encode(
+        self, model: ServedModel, decoded: DecodedRequest, outputs: NamedOutputs
+    ) -> pb.ModelInferResponse:
+        return encode_infer_response(
+            model_name=model.name,
+            model_version=str(model.version),
+            request_id=decoded.id,
+            outputs=outputs,
+            requested=decoded.outputs,
+            shared_memory=self._core.shared_memory,
+        )
+
+    # -- system shared memory (Triton's extension; service/serving/shared_memory.py) -------
+
+    @_boundary
+    async def SystemSharedMemoryStatus(
+        self, request: pb.SystemSharedMemoryStatusRequest, context: Context
+    ) -> pb.SystemSharedMemoryStatusResponse:
+        response = pb.SystemSharedMemoryStatusResponse()
+        for region in self._core.shared_memory.status(request.name):
+            response.regions[region.name].CopyFrom(
+                pb.SystemSharedMemoryStatusResponse.RegionStatus(
+                    name=region.name, key=region.key, offset=region.offset,
+                    byte_size=region.byte_size,
+                )
+            )  # fmt: skip
+        return response
+
+    @_boundary
+    async def SystemSharedMemoryRegister(
+        self, request: pb.SystemSharedMemoryRegisterRequest, context: Context
+    ) -> pb.SystemSharedMemoryRegisterResponse:
+        self._core.shared_memory.register(
+            request.name, request.key, request.offset, request.byte_size
+        )
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    @_boundary
+    async def SystemSharedMemoryUnregister(
+        self, request: pb.SystemSharedMemoryUnregisterRequest, context: Context
+    ) -> pb.SystemSharedMemoryUnregisterResponse:
+        self._core.shared_memory.unregister(request.name)
+        return pb.SystemSharedMemoryUnregisterResponse()
 
     async def ModelStreamInfer(
         self, requests: AsyncIterator[object], context: Context
@@ -274,17 +320,6 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._repository.control_mode.require_explicit("unload")
         await (self._core.fleet or self._repository).unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
-
-
-def _encode(
-    model: ServedModel, decoded: DecodedRequest, outputs: NamedOutputs
-) -> pb.ModelInferResponse:
-    return encode_infer_response(
-        model_name=model.name,
-        model_version=str(model.version),
-        request_id=decoded.id,
-        outputs=outputs,
-    )
 
 
 def _check_repository_name(name: str) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import numpy.typing as npt
 
+from service.serving.shared_memory import REGION, SharedMemoryRegistry, placement
 from service.tensors.datatypes import DATATYPES, Datatype
 from service.tensors.errors import InvalidArgument
 from service.tensors.records import (
@@ -115,10 +116,12 @@ def read_headers(request: pb.ModelInferRequest) -> list[TensorHeader]:
     if not request.inputs:
         raise InvalidArgument("request has no inputs")
     raw = request.raw_input_contents
-    if raw and len(raw) != len(request.inputs):
+    in_memory = sum(REGION in tensor.parameters for tensor in request.inputs)
+    if raw and len(raw) != len(request.inputs) - in_memory:
         raise InvalidArgument(
             f"raw_input_contents has {len(raw)} entries but the request declares "
-            f"{len(request.inputs)} inputs (one entry per input, in order)"
+            f"{len(request.inputs) - in_memory} inputs outside shared memory (one entry per "
+            "input, in order)"
         )
     headers: list[TensorHeader] = []
     seen: set[str] = set()
@@ -136,23 +139,39 @@ def read_headers(request: pb.ModelInferRequest) -> list[TensorHeader]:
 
 
 def decode_infer_request(
-    request: pb.ModelInferRequest, check_headers: HeaderCheck
+    request: pb.ModelInferRequest,
+    check_headers: HeaderCheck,
+    shared_memory: SharedMemoryRegistry | None = None,
 ) -> DecodedRequest:
-    """Check the declared inputs with `check_headers`, then turn contents into numpy arrays."""
+    """Check the declared inputs with `check_headers`, then turn contents into numpy arrays
+    (an input with shared memory parameters is read from its region)."""
     raw = request.raw_input_contents
     if len(raw) == 1 and len(request.inputs) == 1 and not request.outputs:
         return _decode_one_raw(request, raw[0], check_headers)
     headers = read_headers(request)
     batch_size = check_headers(headers)
     inputs: dict[str, npt.NDArray[np.generic]] = {}
-    for index, (header, tensor) in enumerate(zip(headers, request.inputs, strict=True)):
+    raw_index = 0
+    for header, tensor in zip(headers, request.inputs, strict=True):
         name, shape = header.name, header.shape
         dt = DATATYPES[header.datatype]
         has_typed = tensor.HasField("contents") and tensor.contents.ByteSize() > 0
-        if raw:  # the common case
+        where = (
+            placement(f"input '{name}'", parameters_to_dict(tensor.parameters))
+            if tensor.parameters
+            else None
+        )
+        if where is not None:
             if has_typed:
                 raise _mixed_contents(name)
-            inputs[name] = from_raw(name, dt, shape, raw[index])
+            inputs[name] = (shared_memory or SharedMemoryRegistry()).read_array(
+                name, where, dt, shape
+            )
+        elif raw:  # the common case
+            if has_typed:
+                raise _mixed_contents(name)
+            inputs[name] = from_raw(name, dt, shape, raw[raw_index])
+            raw_index += 1
         elif has_typed:
             inputs[name] = _decode_typed(name, dt, shape, tensor.contents)
         else:
@@ -198,15 +217,30 @@ def encode_infer_response(
     model_version: str,
     request_id: str,
     outputs: NamedOutputs,
+    requested: Sequence[RequestedOutput] = (),
+    shared_memory: SharedMemoryRegistry | None = None,
 ) -> pb.ModelInferResponse:
-    """Build the response with raw_output_contents: one `tobytes` per output."""
+    """Build the response with raw_output_contents: one `tobytes` per output, or, for an
+    output asked for in shared memory, its bytes written there and an empty entry (clients
+    index raw_output_contents by output position)."""
     response = pb.ModelInferResponse(
         model_name=model_name, model_version=model_version, id=request_id
     )
+    places = {
+        out.name: where
+        for out in requested
+        if (where := placement(f"output '{out.name}'", out.parameters)) is not None
+    }
     for name, array in outputs:
         dt = output_datatype(array)
-        response.outputs.add(name=name, datatype=dt.name, shape=array.shape)
-        if dt.name == "BYTES":
+        entry = response.outputs.add(name=name, datatype=dt.name, shape=array.shape)
+        where = places.get(name)
+        if where is not None:
+            (shared_memory or SharedMemoryRegistry()).write_array(name, where, array)
+            for key, value in where.parameters.items():
+                set_parameter(entry.parameters[key], value)
+            response.raw_output_contents.append(b"")
+        elif dt.name == "BYTES":
             response.raw_output_contents.append(serialize_bytes_tensor(array))
         else:
             response.raw_output_contents.append(array.tobytes())

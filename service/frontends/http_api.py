@@ -26,6 +26,7 @@ from service import __version__
 from service.configuration.settings import TlsSettings, read_tls_file
 from service.frontends.http_codec import HEADER_LENGTH, decode_infer, encode_infer, split_body
 from service.frontends.http_connections import ConnectionLog
+from service.frontends.http_shared_memory import add_shared_memory_routes
 from service.frontends.http_status import error_response
 from service.frontends.triton_config import (
     EXTENSIONS,
@@ -167,6 +168,7 @@ class HttpFrontEnd:
             get(base + "/config", self.model_config)
             get(base + "/stats", self.statistics)
             post(base + "/infer", self.infer)
+        add_shared_memory_routes(self.app, self._core.shared_memory)
 
     async def start(self, host: str, port: int | None) -> int:
         """Bind `host:port` (None: only a worker's own loopback port); the bound port."""
@@ -297,6 +299,7 @@ class HttpFrontEnd:
                 model_version=str(model.version),
                 request=decoded,
                 outputs=outputs,
+                shared_memory=self._core.shared_memory,
             )
             if json_length is None:
                 return web.Response(body=payload, content_type="application/json")
@@ -309,7 +312,9 @@ class HttpFrontEnd:
         return await self._core.infer(
             info["model"],
             info.get("version", ""),
-            lambda model: decode_infer(document, binary, model.check_headers),
+            lambda model: decode_infer(
+                document, binary, model.check_headers, self._core.shared_memory
+            ),
             encode,
             None,  # HTTP carries no deadline; Triton's `timeout` parameter still applies
             "http",

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from service.serving.shared_memory import SharedMemoryRegistry, placement
 from service.tensors.datatypes import DATATYPES, Datatype
 from service.tensors.errors import InvalidArgument
 from service.tensors.records import (
@@ -93,9 +94,13 @@ def _header(index: int, tensor: object) -> TensorHeader:
 
 
 def decode_infer(
-    document: dict[str, Any], binary: bytes, check_headers: HeaderCheck
+    document: dict[str, Any],
+    binary: bytes,
+    check_headers: HeaderCheck,
+    shared_memory: SharedMemoryRegistry | None = None,
 ) -> DecodedRequest:
-    """Headers first (checked by the model), then each input's data."""
+    """Headers first (checked by the model), then each input's data (from its shared
+    memory region when its parameters name one)."""
     tensors = document.get("inputs")
     if not isinstance(tensors, list) or not tensors:
         raise InvalidArgument("request has no inputs")
@@ -109,7 +114,12 @@ def decode_infer(
     for header, tensor in zip(headers, tensors, strict=True):
         params = _parameters(f"input '{header.name}'", tensor.get("parameters"))
         size = params.get(BINARY_SIZE)
-        if size is not None:
+        where = placement(f"input '{header.name}'", params)
+        if where is not None:
+            registry = shared_memory or SharedMemoryRegistry()
+            dt = DATATYPES[header.datatype]
+            inputs[header.name] = registry.read_array(header.name, where, dt, header.shape)
+        elif size is not None:
             inputs[header.name], offset = _binary_input(header, binary, offset, size)
         else:
             inputs[header.name] = _json_input(header, tensor.get("data"))
@@ -222,16 +232,23 @@ def encode_infer(
     model_version: str,
     request: DecodedRequest,
     outputs: NamedOutputs,
+    shared_memory: SharedMemoryRegistry | None = None,
 ) -> tuple[bytes, int | None]:
-    """The response body, and the JSON's length when binary outputs follow it (else None)."""
+    """The response body, and the JSON's length when binary outputs follow it (else None).
+    An output asked for in shared memory is written there and described without data."""
     all_binary = request.parameters.get("binary_data_output") is True
     asked = {o.name: o.parameters.get("binary_data") for o in request.outputs}
+    places = {o.name: placement(f"output '{o.name}'", o.parameters) for o in request.outputs}
     described: list[dict[str, Any]] = []
     chunks: list[bytes] = []
     for name, array in outputs:
         dt = output_datatype(array)
         entry: dict[str, Any] = {"name": name, "datatype": dt.name, "shape": list(array.shape)}
-        if asked.get(name, all_binary) is True:
+        where = places.get(name)
+        if where is not None:
+            (shared_memory or SharedMemoryRegistry()).write_array(name, where, array)
+            entry["parameters"] = where.parameters
+        elif asked.get(name, all_binary) is True:
             data = _binary_output(dt, array)
             entry["parameters"] = {BINARY_SIZE: len(data)}
             chunks.append(data)

@@ -142,10 +142,15 @@ def statistics_message(stats: ModelStats, message: pb.ModelStatistics) -> None:
         duration = getattr(stats, field_name)
         target = getattr(totals, field_name)
         target.count, target.ns = duration.count, duration.ns
+    # Input and output copies are timed inside compute_infer (one onnxruntime run): their
+    # own entries count the same requests with no time, as perf_analyzer requires the three
+    # counts to agree.
+    totals.compute_input.count = totals.compute_output.count = stats.compute_infer.count
     for size, batch in sorted(stats.batches.items()):
         entry = message.batch_stats.add(batch_size=size)
         entry.compute_infer.count = batch.compute_infer.count
         entry.compute_infer.ns = batch.compute_infer.ns
+        entry.compute_input.count = entry.compute_output.count = batch.compute_infer.count
 
 
 def metadata_parameters(model: ServedModel) -> dict[str, ParamValue]:

@@ -14,6 +14,7 @@ from service.batching.deadlines import TIMEOUT_PARAMETER, request_deadline
 from service.serving.fleet import Fleet
 from service.serving.model import ServedModel
 from service.serving.repository import ModelRepository
+from service.serving.shared_memory import SharedMemoryRegistry
 from service.telemetry.metrics import UNKNOWN_MODEL, Metrics
 from service.tensors.errors import CnnserveError, Code, Unavailable
 from service.tensors.records import DecodedRequest, NamedOutputs
@@ -31,9 +32,12 @@ class InferenceCore:
         repository: ModelRepository,
         metrics: Metrics | None = None,
         fleet: Fleet | None = None,
+        shared_memory: SharedMemoryRegistry | None = None,
     ) -> None:
         self.repository = repository
         self.metrics = metrics
+        # Triton's system shared memory regions (off unless --shared-memory system).
+        self.shared_memory = shared_memory or SharedMemoryRegistry()
         # A worker of `--workers N`: repository control and statistics span every worker.
         self.fleet = fleet
         self.draining = False

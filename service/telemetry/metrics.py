@@ -358,9 +358,9 @@ class ModelMetrics:
             self._queue_wait.observe(wait)
         stats = self.stats
         stats.execution_count += 1
-        stats.compute_infer.add(record.compute_s)
-        for wait in record.queue_waits_s:
+        for wait in record.queue_waits_s:  # per request, as Triton counts inference_stats
             stats.queue.add(wait)
+            stats.compute_infer.add(record.compute_s)
         batch = stats.batches.setdefault(record.rows, BatchStats())
         batch.compute_infer.add(record.compute_s)
 

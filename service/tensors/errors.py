@@ -21,6 +21,7 @@ class Code(StrEnum):
     NOT_FOUND = "NOT_FOUND"
     RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
     FAILED_PRECONDITION = "FAILED_PRECONDITION"
+    ALREADY_EXISTS = "ALREADY_EXISTS"
     INTERNAL = "INTERNAL"
     UNAVAILABLE = "UNAVAILABLE"
     UNAUTHENTICATED = "UNAUTHENTICATED"
@@ -83,6 +84,12 @@ class FailedPrecondition(CnnserveError):
     disabled)."""
 
     code = Code.FAILED_PRECONDITION
+
+
+class AlreadyExists(CnnserveError):
+    """The thing to create is there already (a shared memory region of that name)."""
+
+    code = Code.ALREADY_EXISTS
 
 
 class Unauthenticated(CnnserveError):

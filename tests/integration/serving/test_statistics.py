@@ -37,6 +37,10 @@ def test_statistics_and_metrics_agree() -> None:
         executions = int(digits["execution_count"])
         assert 1 <= executions <= 3
         assert sum(int(b["compute_infer"]["count"]) for b in digits["batch_stats"]) == executions
+        # Per request, as Triton counts them; perf_analyzer requires the three to agree.
+        inference = digits["inference_stats"]
+        assert inference["compute_infer"]["count"] == "3"
+        assert inference["compute_input"]["count"] == inference["compute_output"]["count"] == "3"
         assert int(digits["last_inference"]) > 0
         with pytest.raises(InferenceServerException):
             client.get_inference_statistics("no-such-model")
