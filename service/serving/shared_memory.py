@@ -15,6 +15,7 @@ from __future__ import annotations
 import mmap
 import os
 import re
+import stat
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -88,13 +89,18 @@ class SharedMemoryRegistry:
                 f"region '{name}': cannot open shared memory {key}: {exc.strerror}"
             ) from None
         try:
-            size = os.fstat(descriptor).st_size
-            if offset + byte_size > size:
+            status = os.fstat(descriptor)
+            if not stat.S_ISREG(status.st_mode):
+                raise InvalidArgument(f"region '{name}': {key} is not a shared memory object")
+            if offset + byte_size > status.st_size:
                 raise InvalidArgument(
                     f"region '{name}': offset {offset} + byte_size {byte_size} is past the end "
-                    f"of {key} ({size} bytes)"
+                    f"of {key} ({status.st_size} bytes)"
                 )
-            mapping = mmap.mmap(descriptor, size)
+            try:
+                mapping = mmap.mmap(descriptor, status.st_size)
+            except (OSError, ValueError) as exc:
+                raise InvalidArgument(f"region '{name}': cannot map {key}: {exc}") from None
         finally:
             os.close(descriptor)
         with self._lock:

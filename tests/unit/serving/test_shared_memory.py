@@ -4,6 +4,7 @@ after its last lease, everything unmapped at close."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +62,17 @@ def test_a_symlink_is_not_followed(tmp_path: Path) -> None:
     registry = SharedMemoryRegistry(enabled=True, root=tmp_path)
     with pytest.raises(InvalidArgument, match="cannot open shared memory /link"):
         registry.register("r", "/link", 0, 64)
+
+
+def test_only_regular_files_are_mapped(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "folder").mkdir()
+    registry = SharedMemoryRegistry(enabled=True, root=tmp_path)
+    for key in ("/fifo", "/folder"):
+        with pytest.raises(
+            InvalidArgument, match=f"region 'r': (cannot open shared memory )?{key}"
+        ):
+            registry.register("r", key, 0, 8)
 
 
 def test_a_region_in_use_is_unmapped_after_its_last_lease(registry: SharedMemoryRegistry) -> None:
