@@ -146,7 +146,12 @@ def decode_infer_request(
     """Check the declared inputs with `check_headers`, then turn contents into numpy arrays
     (an input with shared memory parameters is read from its region)."""
     raw = request.raw_input_contents
-    if len(raw) == 1 and len(request.inputs) == 1 and not request.outputs:
+    if (
+        len(raw) == 1
+        and len(request.inputs) == 1
+        and not request.outputs
+        and REGION not in request.inputs[0].parameters  # both: the general path refuses it
+    ):
         return _decode_one_raw(request, raw[0], check_headers)
     headers = read_headers(request)
     batch_size = check_headers(headers)

@@ -10,9 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from service.frontends.grpc_codec import decode_infer_request
 from service.serving.shared_memory import Placement, SharedMemoryRegistry, placement
 from service.tensors.datatypes import DATATYPES
 from service.tensors.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from service.v2 import grpc_service_pb2 as pb
 
 
 @pytest.fixture
@@ -104,3 +106,13 @@ def test_off_by_default_and_parameters_checked(tmp_path: Path) -> None:
     )
     with pytest.raises(InvalidArgument, match="shared_memory_byte_size must be an integer"):
         placement("x", {"shared_memory_region": "r"})
+
+
+def test_an_input_both_in_shared_memory_and_in_the_request_is_refused() -> None:
+    request = pb.ModelInferRequest(model_name="m")
+    tensor = request.inputs.add(name="x", datatype="UINT8", shape=[1, 4])
+    tensor.parameters["shared_memory_region"].string_param = "r"
+    tensor.parameters["shared_memory_byte_size"].int64_param = 4
+    request.raw_input_contents.append(bytes(4))
+    with pytest.raises(InvalidArgument, match="raw_input_contents has 1 entries"):
+        decode_infer_request(request, lambda headers: 1)
