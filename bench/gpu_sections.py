@@ -21,6 +21,7 @@ from bench.gpu_run import GpuRun
 from bench.loadgen import infer_request_bytes
 from bench.overhead import Process
 from bench.process_load import run_level_processes
+from bench.reliability import rss_bytes
 from bench.resnet50 import write_resnet50
 from bench.run import ROOT
 from service.runtime.onnx_runner import OnnxRunner
@@ -236,13 +237,6 @@ def resnet(run: GpuRun) -> None:
 # -- 3. GPU memory over reloads ---------------------------------------------------------
 
 
-def _rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def _post(rest: str, path: str) -> None:
     request = urllib.request.Request(f"http://{rest}{path}", data=b"{}", method="POST")
     urllib.request.urlopen(request, timeout=300).read()
@@ -259,7 +253,7 @@ def memory(run: GpuRun) -> None:
     steps: list[tuple[str, DeviceMemory | None, float]] = []
 
     def record(step: str) -> None:
-        steps.append((step, device_memory(), _rss_mib(server.process.pid)))
+        steps.append((step, device_memory(), rss_bytes(server.process.pid) / 2**20))
 
     try:
         record("server started, nothing loaded")
@@ -379,6 +373,8 @@ def preprocessing(run: GpuRun) -> None:
         for served, payload in payloads.items():
             for concurrency in plan.preprocessing_concurrency:
                 result, cpu_s = _level(run, server, payload, concurrency)
+                if result.errors:
+                    run.report.failures.append(f"preprocessing {served}: {result.errors} errored")
                 rows.append(
                     (
                         served,
@@ -449,6 +445,8 @@ def workers(run: GpuRun) -> None:
             result, cpu_s = _level(run, server, payload, plan.workers_concurrency)
         finally:
             server.stop()
+        if result.errors:
+            run.report.failures.append(f"--workers {count}: {result.errors} errored")
         one = one or result.throughput
         gpu = f"{held.used_mib - baseline.used_mib:,.0f}" if held and baseline else "n/a"
         rows.append(

@@ -31,11 +31,8 @@ class WheelError(Exception):
 
 
 def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as source:
-        while block := source.read(CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(source, "sha256").hexdigest()
 
 
 Load = list[tuple[Path, int, int]]  # (wheel, offset, length) pieces

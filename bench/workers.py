@@ -33,6 +33,7 @@ from bench.autoconfig import PAYLOAD as MIDCNN
 from bench.autoconfig import build
 from bench.investigations.workers import free_port
 from bench.overhead import PAYLOADS, Payload, Process, compute_free_model, inputs_for
+from bench.reliability import cpu_seconds
 from bench.run import OUT
 
 COMPUTE_FREE = PAYLOADS[0]
@@ -53,7 +54,6 @@ def repository(root: Path) -> Path:
 
 def process_cpu_s(pid: int) -> float:
     """utime + stime of `pid` and its children, alive now (seconds)."""
-    ticks = os.sysconf("SC_CLK_TCK")
     pids = [pid]
     children = Path(f"/proc/{pid}/task/{pid}/children")
     if children.exists():
@@ -61,10 +61,9 @@ def process_cpu_s(pid: int) -> float:
     total = 0.0
     for each in pids:
         try:
-            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
+            total += cpu_seconds(each)
+        except OSError:  # a child that has just exited
             continue
-        total += (int(fields[11]) + int(fields[12])) / ticks
     return total
 
 

@@ -9,8 +9,8 @@
 #   4. inside the image: the entrypoint serves ./models (the GPU image on this GPU-less
 #      machine: device auto falls back to the CPU), the HEALTHCHECK command must pass, and
 #      torch must be absent.
-# Needs root and Debian's buildah + mmdebstrap (installed here if missing). CPU ~5 min,
-# GPU ~15 min (2.5 GB of CUDA wheels).
+# Needs root and Debian's buildah + mmdebstrap (installed here if missing). CPU ~5 min;
+# GPU: 223 s to build here on 2026-12-04 (a 3.11 GB image, mostly the CUDA wheels).
 set -euo pipefail
 VARIANT=${1:-cpu}
 case $VARIANT in

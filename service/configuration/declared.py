@@ -49,7 +49,6 @@ class WarmupSample:
 
 @dataclass(frozen=True)
 class TritonDeclared:
-    config_file: str = "config.pbtxt"
     # Tensor name -> the shape the model itself has (Triton's `reshape`, without the batch
     # dimension): clients send and receive the declared `dims`.
     reshapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
@@ -63,6 +62,5 @@ class TritonDeclared:
     # optimization.execution_accelerators.gpu_execution_accelerator: "cuda" or "tensorrt".
     accelerator: str | None = None
     accelerator_options: Mapping[str, str] = field(default_factory=dict)
-    instance_kind: str = "KIND_AUTO"
     intra_op_threads: int | None = None  # parameters { key: "intra_op_thread_count" }
     inter_op_threads: int | None = None

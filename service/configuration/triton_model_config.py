@@ -4,8 +4,9 @@ Triton users bring their repositories unchanged: what an ONNX model's config.pbt
 served as Triton serves it, what it leaves out comes from the ONNX file (auto-complete, as
 Triton does), and a field cnnserve does not serve is refused at load with its name and line:
 never silently ignored. The exceptions, fields that ask for what cnnserve does anyway, are
-`ACCEPTED_AS_IS` below (also listed in the README). Triton's field names, numbers and enum
-values are in protos/service/v2/model_config.proto's header comment's source.
+listed in the README's "Triton repositories" section; each is read where its message is.
+Field names and enum values are those of Triton's model_config.proto
+(triton-inference-server/common).
 """
 
 from __future__ import annotations
@@ -47,20 +48,6 @@ NOT_SERVED = {
     "execution_accelerators": {"cpu_execution_accelerator"},
     "value": {"input_data_file"},  # model_warmup inputs: zero_data and random_data only
 }  # fmt: skip
-# Fields that ask for what cnnserve does anyway: read, checked, and have no other effect.
-ACCEPTED_AS_IS = {
-    "instance_group.name": "instances are numbered per model",
-    "model_warmup.name": "the warm-up log names the batch size",
-    "dynamic_batching.preserve_ordering": "each request gets its own answer, in any order",
-    "dynamic_batching.default_queue_policy.allow_timeout_override": (
-        "a request's own timeout may shorten the default, as with true"
-    ),
-    "optimization.input_pinned_memory": "no pinned staging buffers",
-    "optimization.output_pinned_memory": "no pinned staging buffers",
-    "model_transaction_policy": "decoupled: false only (one response per request)",
-    "response_cache": "enable: false only (no response cache)",
-    "parameters.inter_op_thread_count": "sessions run sequentially, as in Triton's backend",
-}
 DATA_TYPES = {f"TYPE_{name}": name for name in DATATYPES if name != "BYTES"} | {
     "TYPE_STRING": "BYTES"
 }
@@ -84,7 +71,7 @@ def read_triton_config(model: str, text: str) -> ModelOverrides:
     _defaults_only(root)
     inputs, reshapes, formats = _tensors(root, "input")
     outputs, out_reshapes, labels = _tensors(root, "output")
-    device, instances, kind = _instance_groups(root)
+    device, instances = _instance_groups(root)
     accelerator, options = _accelerators(root)
     intra, inter = _parameters(root)
     batching = root.message_of("dynamic_batching")
@@ -94,7 +81,7 @@ def read_triton_config(model: str, text: str) -> ModelOverrides:
         model_file=root.string("default_model_filename") or None,
         version_policy=_version_policy(root), warmup=_warmup(root),
         dynamic_batching=batching is not None, accelerator=accelerator,
-        accelerator_options=options, instance_kind=kind, intra_op_threads=intra,
+        accelerator_options=options, intra_op_threads=intra,
         inter_op_threads=inter,
     )  # fmt: skip
     return ModelOverrides(
@@ -178,12 +165,12 @@ def _tensors(
     return tuple(specs), reshapes, extra
 
 
-def _instance_groups(root: Fields) -> tuple[str | None, int | None, str]:
-    """(device, instances, kind) of every instance_group (one kind and GPU in cnnserve)."""
+def _instance_groups(root: Fields) -> tuple[str | None, int | None]:
+    """(device, instances) of every instance_group (one device in cnnserve)."""
     groups = root.messages("instance_group")
     if not groups:
-        return None, None, "KIND_AUTO"
-    kinds, devices, count = set(), set(), 0
+        return None, None
+    devices, count = set(), 0
     for group in groups:
         group.check({"name", "count", "kind", "gpus"})
         kind = group.enum("kind", KINDS) or "KIND_AUTO"
@@ -192,7 +179,6 @@ def _instance_groups(root: Fields) -> tuple[str | None, int | None, str]:
             line = group.message.line
             raise group.fail(line, f"instance_group gpus {list(gpus)}: cnnserve serves a model on "
                              "one GPU (or the CPU); run one cnnserve per GPU")  # fmt: skip
-        kinds.add(kind)
         devices.add(f"cuda:{gpus[0]}" if gpus else KINDS[kind])
         count += group.integer("count", 1)
     if len(devices) > 1:
@@ -200,7 +186,7 @@ def _instance_groups(root: Fields) -> tuple[str | None, int | None, str]:
                         "serves a model's instances on one device")  # fmt: skip
     device = devices.pop()
     DeviceRequest.parse(device)
-    return device, count, kinds.pop()
+    return device, count
 
 
 def _dynamic_batching(batching: Fields) -> DynamicBatching:

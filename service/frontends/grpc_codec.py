@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import numpy.typing as npt
 
-from service.serving.shared_memory import REGION, SharedMemoryRegistry, placement
+from service.serving.shared_memory import REGION, SharedMemoryRegistry, available, placement
 from service.tensors.datatypes import DATATYPES, Datatype
 from service.tensors.errors import InvalidArgument
 from service.tensors.records import (
@@ -169,9 +169,7 @@ def decode_infer_request(
         if where is not None:
             if has_typed:
                 raise _mixed_contents(name)
-            inputs[name] = (shared_memory or SharedMemoryRegistry()).read_array(
-                name, where, dt, shape
-            )
+            inputs[name] = available(shared_memory).read_array(name, where, dt, shape)
         elif raw:  # the common case
             if has_typed:
                 raise _mixed_contents(name)
@@ -241,7 +239,7 @@ def encode_infer_response(
         entry = response.outputs.add(name=name, datatype=dt.name, shape=array.shape)
         where = places.get(name)
         if where is not None:
-            (shared_memory or SharedMemoryRegistry()).write_array(name, where, array)
+            available(shared_memory).write_array(name, where, array)
             for key, value in where.parameters.items():
                 set_parameter(entry.parameters[key], value)
             response.raw_output_contents.append(b"")

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from service.serving.shared_memory import SharedMemoryRegistry, placement
+from service.serving.shared_memory import SharedMemoryRegistry, available, placement
 from service.tensors.datatypes import DATATYPES, Datatype
 from service.tensors.errors import InvalidArgument
 from service.tensors.records import (
@@ -116,8 +116,8 @@ def decode_infer(
         size = params.get(BINARY_SIZE)
         where = placement(f"input '{header.name}'", params)
         if where is not None:
-            registry = shared_memory or SharedMemoryRegistry()
             dt = DATATYPES[header.datatype]
+            registry = available(shared_memory)
             inputs[header.name] = registry.read_array(header.name, where, dt, header.shape)
         elif size is not None:
             inputs[header.name], offset = _binary_input(header, binary, offset, size)
@@ -246,7 +246,7 @@ def encode_infer(
         entry: dict[str, Any] = {"name": name, "datatype": dt.name, "shape": list(array.shape)}
         where = places.get(name)
         if where is not None:
-            (shared_memory or SharedMemoryRegistry()).write_array(name, where, array)
+            available(shared_memory).write_array(name, where, array)
             entry["parameters"] = where.parameters
         elif asked.get(name, all_binary) is True:
             data = _binary_output(dt, array)

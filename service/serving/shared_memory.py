@@ -191,6 +191,14 @@ class SharedMemoryRegistry:
                 region.close_if_idle()
 
 
+def available(registry: SharedMemoryRegistry | None) -> SharedMemoryRegistry:
+    """The registry a front end reads and writes through; FAILED_PRECONDITION when the
+    extension is off (no registry, or one not enabled)."""
+    if registry is None or not registry.enabled:
+        raise FailedPrecondition(OFF)
+    return registry
+
+
 REGION = "shared_memory_region"
 BYTE_SIZE = "shared_memory_byte_size"
 OFFSET = "shared_memory_offset"
